@@ -1,0 +1,161 @@
+//! Wiring only: builds each component from its config section, binds the listeners, and owns
+//! the start and stop order.
+//!
+//! Start: metrics → L1 → proxy → admin listener → proxy listener → ready.
+//! Stop:  not ready → `drain_delay` → proxy listener closes → in-flight requests get
+//!        `grace_period` → admin listener closes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{Admin, Health};
+use crate::cache::L1;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::server::{self, ConnSettings};
+
+/// The components built from a config, not yet listening.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    pub proxy: Arc<Proxy>,
+    pub admin: Admin,
+}
+
+/// A running sidecache: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub health: Arc<Health>,
+    drain_delay: Duration,
+    stop_proxy: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl App {
+    pub fn build(config: Config) -> App {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(&names));
+        let l1 = {
+            let metrics = metrics.clone();
+            L1::new(config.l1.max_bytes, move |cause| metrics.l1_removed(cause))
+        };
+        let proxy = Arc::new(Proxy::new(&config, l1.clone(), metrics.clone()));
+        let admin = Admin {
+            health: Arc::new(Health::default()),
+            metrics,
+            l1,
+        };
+        App {
+            config,
+            proxy,
+            admin,
+        }
+    }
+
+    /// Binds both listeners and starts serving; `/readyz` turns 200 once both accept.
+    pub async fn start(self) -> io::Result<Running> {
+        let settings = ConnSettings {
+            max_header_bytes: self.config.listen.max_header_bytes,
+            header_read_timeout: Duration::from_secs(30),
+        };
+        let grace = self.config.shutdown.grace_period;
+
+        let admin_listener = bind(self.config.listen.admin, "listen.admin").await?;
+        let admin_addr = admin_listener.local_addr()?;
+        let (stop_admin, admin_rx) = watch::channel(false);
+        let admin = self.admin.clone();
+        let admin_task = tokio::spawn(server::serve(
+            admin_listener,
+            settings,
+            move |req, _| {
+                let admin = admin.clone();
+                async move { admin.handle(req).await }
+            },
+            admin_rx,
+            Duration::from_secs(1),
+        ));
+
+        let proxy_listener = bind(self.config.listen.proxy, "listen.proxy").await?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let (stop_proxy, proxy_rx) = watch::channel(false);
+        let proxy = self.proxy.clone();
+        let proxy_task = tokio::spawn(server::serve(
+            proxy_listener,
+            settings,
+            move |req, peer| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(req, peer).await }
+            },
+            proxy_rx,
+            grace,
+        ));
+
+        self.admin.health.set_ready();
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %self.config.upstream.url,
+            routes = self.config.routes.len(), "sidecache is ready.");
+        Ok(Running {
+            proxy_addr,
+            admin_addr,
+            health: self.admin.health.clone(),
+            drain_delay: self.config.shutdown.drain_delay,
+            stop_proxy,
+            stop_admin,
+            proxy_task,
+            admin_task,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("{key} = {addr}: {e}")))
+}
+
+impl Running {
+    /// The shutdown sequence; returns when every in-flight request finished or the grace
+    /// period ran out.
+    pub async fn shutdown(self) {
+        self.health.start_draining();
+        tracing::info!(drain_delay = ?self.drain_delay, "Draining: readiness is off.");
+        tokio::time::sleep(self.drain_delay).await;
+        let _ = self.stop_proxy.send(true);
+        let _ = self.proxy_task.await;
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
+        tracing::info!("Stopped.");
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        self.shutdown().await;
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received."),
+        _ = int.recv() => tracing::info!("SIGINT received."),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

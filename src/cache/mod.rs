@@ -1,0 +1,71 @@
+//! The cache: keys, pure policy, the stored entry, the L1 tier and fill coalescing.
+//!
+//! This module decides *what* may be stored and served; the proxy decides *when* to ask.
+//! It never talks to the network.
+
+pub mod coalesce;
+pub mod entry;
+pub mod key;
+pub mod l1;
+pub mod policy;
+
+pub use coalesce::{Coalescer, FillState, Join};
+pub use entry::Entry;
+pub use key::CacheKey;
+pub use l1::L1;
+pub use policy::NoStoreReason;
+
+/// How a request was answered, as far as the cache is concerned. The strings feed metric
+/// labels and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Served from L1 without touching the upstream.
+    Hit,
+    /// Fetched from the upstream and stored.
+    Miss,
+    /// Waited for another request's fill and served its result.
+    Collapsed,
+    /// Fetched from the upstream on a cached route, but not stored (see `NoStoreReason`).
+    Uncacheable,
+    /// Not a cached route or method: forwarded untouched.
+    Bypass,
+    /// The upstream failed; the client got a 502/504.
+    Error,
+}
+
+impl CacheOutcome {
+    pub const ALL: [CacheOutcome; 6] = [
+        Self::Hit,
+        Self::Miss,
+        Self::Collapsed,
+        Self::Uncacheable,
+        Self::Bypass,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Collapsed => "collapsed",
+            Self::Uncacheable => "uncacheable",
+            Self::Bypass => "bypass",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Wall-clock reads live here, at the edge; policy functions take `now` as a parameter.
+pub mod clock {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}

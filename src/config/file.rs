@@ -1,0 +1,117 @@
+//! The config file format, exactly as an operator writes it. Every struct denies unknown keys
+//! and every field says its unit and default. Values stay in their written form (strings for
+//! durations and sizes) so that `validate` can report every bad value at once; the validated
+//! form lives in `config::Config`.
+
+use serde::Deserialize;
+
+/// `[listen]`: where sidecache accepts connections. Changing these needs a restart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Address the application sends its backend calls to. Default `"127.0.0.1:8080"`.
+    /// Env override: `SIDECACHE_LISTEN_PROXY`.
+    pub proxy: Option<String>,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/*`).
+    /// Default `"127.0.0.1:9901"`. Env override: `SIDECACHE_LISTEN_ADMIN`.
+    pub admin: Option<String>,
+    /// Largest request head (request line + headers) accepted from a client; bigger → 431.
+    /// Default `"64KiB"`.
+    pub max_header_bytes: Option<String>,
+}
+
+/// `[upstream]`: the backend every request is forwarded to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// Base URL, `http://host:port`. Required. Env override: `SIDECACHE_UPSTREAM_URL`.
+    pub url: Option<String>,
+    /// Time to establish a TCP connection. Default `"500ms"`.
+    pub connect_timeout: Option<String>,
+    /// Time from sending a request to having the response head; for cache fills, also the
+    /// time to read the whole body. Default `"5s"`.
+    pub timeout: Option<String>,
+    /// How long an idle pooled connection is kept. Default `"90s"`.
+    pub pool_idle_timeout: Option<String>,
+    /// Idle connections kept per upstream host. Default `256`.
+    pub pool_max_idle: Option<usize>,
+    /// Forward the client's `Host` header instead of the upstream's authority. Default `false`.
+    pub preserve_host: Option<bool>,
+}
+
+/// `[l1]`: the in-process cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L1File {
+    /// Memory budget for stored responses (bodies + headers + bookkeeping). Default `"128MiB"`.
+    pub max_bytes: Option<String>,
+    /// Largest response body that is stored; bigger bodies stream through uncached.
+    /// Default `"1MiB"`.
+    pub max_entry_bytes: Option<String>,
+}
+
+/// `[runtime]`: the async runtime.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    /// Worker threads. Default: the number of CPU cores. `1` runs a single-threaded runtime.
+    pub worker_threads: Option<usize>,
+}
+
+/// `[shutdown]`: what SIGTERM / SIGINT does.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownFile {
+    /// Time between `/readyz` turning 503 and the listener closing, so that load balancers
+    /// stop sending new requests first. Default `"0s"`.
+    pub drain_delay: Option<String>,
+    /// Time in-flight requests get to finish after the listener closes. Default `"25s"`.
+    pub grace_period: Option<String>,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `"human"` (default) or `"json"`. Env override: `SIDECACHE_LOG_FORMAT`.
+    pub format: Option<String>,
+    /// A `tracing` filter such as `"info"` or `"sidecache=debug"`. Default `"info"`.
+    /// Env override: `SIDECACHE_LOG`.
+    pub level: Option<String>,
+    /// One log line per request (target `sidecache::access`). Default `false`.
+    pub access_log: Option<bool>,
+}
+
+/// `[[route]]`: a cached read endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Unique name; used in metrics labels, logs and the admin API.
+    pub name: Option<String>,
+    /// `"GET /path/{param}/..."`. Only GET routes are cached (HEAD is served from them).
+    #[serde(rename = "match")]
+    pub match_: Option<String>,
+    /// Freshness lifetime when the upstream gives none (or always, with
+    /// `honor_upstream = false`). Required.
+    pub ttl: Option<String>,
+    /// `"shared"` (default): one entry for every caller. `"identity"`: the caller identity is
+    /// part of the key, so one caller's response is never served to another.
+    pub scope: Option<String>,
+    /// Header holding the caller identity for `scope = "identity"`. Default `"authorization"`.
+    pub identity_header: Option<String>,
+    /// Tag templates over the path params, e.g. `"group:{group}"`. Invalidation uses them.
+    pub tags: Option<Vec<String>>,
+    /// Use the upstream's `Cache-Control` max-age / s-maxage as the TTL when present.
+    /// `no-store`, `private` and `Set-Cookie` are honoured either way. Default `true`.
+    pub honor_upstream: Option<bool>,
+    /// `Cache-Control` sent to the client on responses of this route; by default the
+    /// upstream's is passed on.
+    pub cache_control: Option<String>,
+    /// Response statuses that may be stored. Default `[200, 203, 204, 300, 301, 308]`.
+    pub statuses: Option<Vec<u16>>,
+    /// Request headers whose values are part of the key (e.g. `"accept-language"`).
+    /// A response that varies on any other header is not stored. Default `[]`.
+    pub vary: Option<Vec<String>>,
+    /// Query parameters left out of the key (e.g. tracking parameters). Default `[]`.
+    pub ignore_query: Option<Vec<String>>,
+}

@@ -1,0 +1,635 @@
+//! Configuration: load the TOML file (or the embedded default), apply environment overrides,
+//! and validate it into [`Config`]. Validation collects *every* problem, each named by its key,
+//! so that `sidecache check` and a refused start list them all at once. Nothing downstream of
+//! this module ever sees an unchecked value.
+
+pub mod file;
+pub mod template;
+pub mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{HeaderValue, Method, Uri};
+use serde::de::DeserializeOwned;
+
+pub use template::{MatchTemplate, Segment, Template, MAX_PARAMS};
+
+/// The documented example config, compiled in: `sidecache` without `--config` runs it.
+pub const EMBEDDED: &str = include_str!("../../config/sidecache.toml");
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub l1: L1Config,
+    pub runtime: RuntimeConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http://authority`; requests keep their own path and query.
+    pub url: Uri,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct L1Config {
+    pub max_bytes: u64,
+    pub max_entry_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    pub drain_delay: Duration,
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// Who shares a cached response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every caller gets the same entry.
+    Shared,
+    /// The caller identity (a header, hashed) is part of the key.
+    Identity,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Shared => "shared",
+            Scope::Identity => "identity",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: MatchTemplate,
+    pub ttl: Duration,
+    pub scope: Scope,
+    pub identity_header: HeaderName,
+    pub tags: Vec<Template>,
+    pub honor_upstream: bool,
+    pub cache_control: Option<HeaderValue>,
+    pub statuses: Vec<u16>,
+    pub vary: Vec<HeaderName>,
+    pub ignore_query: Vec<String>,
+}
+
+/// Every problem found in a config, each as `key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} problem(s) in the config:", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The route name that labels unrouted traffic in metrics; no route may take it.
+pub const RESERVED_ROUTE_NAME: &str = "none";
+
+/// Environment variables that override file values (names as in the docs).
+pub const ENV_UPSTREAM_URL: &str = "SIDECACHE_UPSTREAM_URL";
+pub const ENV_LISTEN_PROXY: &str = "SIDECACHE_LISTEN_PROXY";
+pub const ENV_LISTEN_ADMIN: &str = "SIDECACHE_LISTEN_ADMIN";
+pub const ENV_LOG_FORMAT: &str = "SIDECACHE_LOG_FORMAT";
+pub const ENV_LOG: &str = "SIDECACHE_LOG";
+
+impl Config {
+    /// Reads `path` (or the embedded default when `None`) and applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", p.display())]))?,
+            None => EMBEDDED.to_string(),
+        };
+        Self::parse_with_env(&text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses config text with no environment overrides (tests, `check` of a string).
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse_with_env(text, |_| None)
+    }
+
+    /// Parses config text, taking overrides from `env`.
+    pub fn parse_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("syntax: {e}")]))?;
+        let mut errors = Vec::new();
+        let sections = Sections::read(table, &mut errors);
+        let config = validate(sections, &env, &mut errors);
+        if errors.is_empty() {
+            Ok(config.expect("validated config without errors"))
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// The file's sections, each deserialized on its own so one bad section does not hide the
+/// problems of the next.
+#[derive(Default)]
+struct Sections {
+    listen: file::ListenFile,
+    upstream: file::UpstreamFile,
+    l1: file::L1File,
+    runtime: file::RuntimeFile,
+    shutdown: file::ShutdownFile,
+    log: file::LogFile,
+    routes: Vec<file::RouteFile>,
+}
+
+impl Sections {
+    fn read(mut table: toml::Table, errors: &mut Vec<String>) -> Sections {
+        let mut s = Sections {
+            listen: section(&mut table, "listen", errors),
+            upstream: section(&mut table, "upstream", errors),
+            l1: section(&mut table, "l1", errors),
+            runtime: section(&mut table, "runtime", errors),
+            shutdown: section(&mut table, "shutdown", errors),
+            log: section(&mut table, "log", errors),
+            routes: Vec::new(),
+        };
+        s.routes = array(&mut table, "route", errors);
+        for key in table.keys() {
+            errors.push(format!(
+                "{key}: unknown section (known: listen, upstream, l1, runtime, shutdown, log, route)"
+            ));
+        }
+        s
+    }
+}
+
+fn section<T: DeserializeOwned + Default>(
+    table: &mut toml::Table,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> T {
+    match table.remove(key) {
+        None => T::default(),
+        Some(value) => value.try_into().unwrap_or_else(|e: toml::de::Error| {
+            errors.push(format!("{key}: {}", e.message()));
+            T::default()
+        }),
+    }
+}
+
+fn array<T: DeserializeOwned>(
+    table: &mut toml::Table,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Vec<T> {
+    match table.remove(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| match v.try_into() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let e: toml::de::Error = e;
+                    errors.push(format!("{key}[{i}]: {}", e.message()));
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            errors.push(format!("{key}: must be an array of tables, `[[{key}]]`"));
+            Vec::new()
+        }
+    }
+}
+
+/// Checks one value, recording the error under `key` and returning `default` so validation
+/// goes on to find the next problem.
+fn check<T>(errors: &mut Vec<String>, key: &str, result: Result<T, String>, default: T) -> T {
+    result.unwrap_or_else(|e| {
+        errors.push(format!("{key}: {e}"));
+        default
+    })
+}
+
+fn duration(errors: &mut Vec<String>, key: &str, v: Option<String>, default: &str) -> Duration {
+    let text = v.unwrap_or_else(|| default.to_string());
+    check(errors, key, units::parse_duration(&text), Duration::ZERO)
+}
+
+fn size(errors: &mut Vec<String>, key: &str, v: Option<String>, default: &str) -> u64 {
+    let text = v.unwrap_or_else(|| default.to_string());
+    check(errors, key, units::parse_size(&text), 0)
+}
+
+fn socket_addr(errors: &mut Vec<String>, key: &str, text: &str) -> SocketAddr {
+    check(
+        errors,
+        key,
+        text.parse()
+            .map_err(|_| format!("`{text}` is not an address like \"127.0.0.1:8080\"")),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+}
+
+fn upstream_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "`{text}`: scheme `{other}` is not supported (use http://; TLS to the backend belongs to the mesh)"
+            ))
+        }
+        None => return Err(format!("`{text}`: write it as http://host:port")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("`{text}`: no host"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!(
+            "`{text}`: a path prefix is not supported; requests keep their own path"
+        ));
+    }
+    Ok(uri)
+}
+
+fn validate(
+    s: Sections,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<Config> {
+    let e = errors;
+
+    let proxy = env(ENV_LISTEN_PROXY)
+        .or(s.listen.proxy)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let admin = env(ENV_LISTEN_ADMIN)
+        .or(s.listen.admin)
+        .unwrap_or_else(|| "127.0.0.1:9901".into());
+    let listen = ListenConfig {
+        proxy: socket_addr(e, "listen.proxy", &proxy),
+        admin: socket_addr(e, "listen.admin", &admin),
+        max_header_bytes: size(
+            e,
+            "listen.max_header_bytes",
+            s.listen.max_header_bytes,
+            "64KiB",
+        ) as usize,
+    };
+    if listen.max_header_bytes < 8192 {
+        e.push("listen.max_header_bytes: must be at least 8KiB".into());
+    }
+    if listen.proxy == listen.admin && listen.proxy.port() != 0 {
+        e.push("listen.admin: must differ from listen.proxy".into());
+    }
+
+    let url = match env(ENV_UPSTREAM_URL).or(s.upstream.url) {
+        Some(text) => check(e, "upstream.url", upstream_url(&text), Uri::default()),
+        None => {
+            e.push(format!(
+                "upstream.url: required (or set {ENV_UPSTREAM_URL}), e.g. \"http://backend:80\""
+            ));
+            Uri::default()
+        }
+    };
+    let upstream = UpstreamConfig {
+        url,
+        connect_timeout: duration(
+            e,
+            "upstream.connect_timeout",
+            s.upstream.connect_timeout,
+            "500ms",
+        ),
+        timeout: duration(e, "upstream.timeout", s.upstream.timeout, "5s"),
+        pool_idle_timeout: duration(
+            e,
+            "upstream.pool_idle_timeout",
+            s.upstream.pool_idle_timeout,
+            "90s",
+        ),
+        pool_max_idle: s.upstream.pool_max_idle.unwrap_or(256),
+        preserve_host: s.upstream.preserve_host.unwrap_or(false),
+    };
+    for (key, d) in [
+        ("upstream.connect_timeout", upstream.connect_timeout),
+        ("upstream.timeout", upstream.timeout),
+    ] {
+        if d.is_zero() && !e.iter().any(|x| x.starts_with(key)) {
+            e.push(format!("{key}: must be greater than zero"));
+        }
+    }
+
+    let l1 = L1Config {
+        max_bytes: size(e, "l1.max_bytes", s.l1.max_bytes, "128MiB"),
+        max_entry_bytes: size(e, "l1.max_entry_bytes", s.l1.max_entry_bytes, "1MiB") as usize,
+    };
+    if l1.max_entry_bytes as u64 > l1.max_bytes && l1.max_bytes > 0 {
+        e.push("l1.max_entry_bytes: larger than l1.max_bytes".into());
+    }
+    if l1.max_entry_bytes as u64 > u32::MAX as u64 / 2 {
+        e.push("l1.max_entry_bytes: at most 2GiB".into());
+    }
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = RuntimeConfig {
+        worker_threads: s.runtime.worker_threads.unwrap_or(cores),
+    };
+    if runtime.worker_threads == 0 || runtime.worker_threads > 256 {
+        e.push("runtime.worker_threads: must be between 1 and 256".into());
+    }
+
+    let shutdown = ShutdownConfig {
+        drain_delay: duration(e, "shutdown.drain_delay", s.shutdown.drain_delay, "0s"),
+        grace_period: duration(e, "shutdown.grace_period", s.shutdown.grace_period, "25s"),
+    };
+
+    let format = match env(ENV_LOG_FORMAT).or(s.log.format).as_deref() {
+        None | Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            e.push(format!(
+                "log.format: `{other}` is not \"human\" or \"json\""
+            ));
+            LogFormat::Human
+        }
+    };
+    let log = LogConfig {
+        format,
+        level: env(ENV_LOG)
+            .or(s.log.level)
+            .unwrap_or_else(|| "info".into()),
+        access_log: s.log.access_log.unwrap_or(false),
+    };
+
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for (i, r) in s.routes.into_iter().enumerate() {
+        if let Some(route) = validate_route(i, r, e) {
+            if routes.iter().any(|x| x.name == route.name) {
+                e.push(format!("route[{i}].name: `{}` is used twice", route.name));
+            }
+            routes.push(route);
+        }
+    }
+
+    Some(Config {
+        listen,
+        upstream,
+        l1,
+        runtime,
+        shutdown,
+        log,
+        routes,
+    })
+}
+
+fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<RouteConfig> {
+    let name = match r.name {
+        Some(n)
+            if !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
+            n
+        }
+        Some(n) => {
+            e.push(format!(
+                "route[{i}].name: `{n}` must be non-empty letters, digits, `_` or `-` (it is a metric label)"
+            ));
+            format!("route{i}")
+        }
+        None => {
+            e.push(format!("route[{i}].name: required"));
+            format!("route{i}")
+        }
+    };
+    if name == RESERVED_ROUTE_NAME {
+        e.push(format!(
+            "route[{i}].name: `{name}` is reserved for unrouted traffic in metrics"
+        ));
+    }
+    let at = format!("route[{i}] ({name})");
+    let before = e.len();
+
+    let matcher = match r.match_ {
+        Some(m) => match MatchTemplate::parse(&m) {
+            Ok(t) if t.method == Method::GET => Some(t),
+            Ok(t) => {
+                e.push(format!(
+                    "{at}.match: only GET routes are cached, not {} (writes belong in [[invalidate]])",
+                    t.method
+                ));
+                None
+            }
+            Err(msg) => {
+                e.push(format!("{at}.match: {msg}"));
+                None
+            }
+        },
+        None => {
+            e.push(format!(
+                "{at}.match: required, e.g. \"GET /api/items/{{id}}\""
+            ));
+            None
+        }
+    };
+    let ttl = match r.ttl {
+        Some(t) => check(
+            e,
+            &format!("{at}.ttl"),
+            units::parse_duration(&t),
+            Duration::ZERO,
+        ),
+        None => {
+            e.push(format!("{at}.ttl: required, e.g. \"60s\""));
+            Duration::ZERO
+        }
+    };
+    if ttl.is_zero() && e.len() == before {
+        e.push(format!("{at}.ttl: must be greater than zero"));
+    }
+    let scope = match r.scope.as_deref() {
+        None | Some("shared") => Scope::Shared,
+        Some("identity") => Scope::Identity,
+        Some(other) => {
+            e.push(format!(
+                "{at}.scope: `{other}` is not \"shared\" or \"identity\""
+            ));
+            Scope::Shared
+        }
+    };
+    let identity_header = header_name(
+        e,
+        &format!("{at}.identity_header"),
+        r.identity_header.as_deref().unwrap_or("authorization"),
+    );
+    let mut tags = Vec::new();
+    for (j, text) in r.tags.unwrap_or_default().iter().enumerate() {
+        match Template::parse(text) {
+            Ok(t) => {
+                if let Some(m) = &matcher {
+                    for f in t.fields() {
+                        if !m.params.iter().any(|p| p == f) {
+                            e.push(format!(
+                                "{at}.tags[{j}]: `{{{f}}}` is not a parameter of `{}`",
+                                m.text
+                            ));
+                        }
+                    }
+                }
+                tags.push(t);
+            }
+            Err(msg) => e.push(format!("{at}.tags[{j}]: {msg}")),
+        }
+    }
+    let cache_control = r.cache_control.and_then(|v| {
+        HeaderValue::from_str(&v)
+            .map_err(|_| e.push(format!("{at}.cache_control: not a valid header value")))
+            .ok()
+    });
+    let statuses = r
+        .statuses
+        .unwrap_or_else(|| vec![200, 203, 204, 300, 301, 308]);
+    for s in &statuses {
+        if !(200..400).contains(s) {
+            e.push(format!("{at}.statuses: {s} is not a 2xx or 3xx status"));
+        }
+    }
+    let vary = r
+        .vary
+        .unwrap_or_default()
+        .iter()
+        .map(|h| header_name(e, &format!("{at}.vary"), h))
+        .collect();
+
+    Some(RouteConfig {
+        name,
+        matcher: matcher?,
+        ttl,
+        scope,
+        identity_header,
+        tags,
+        honor_upstream: r.honor_upstream.unwrap_or(true),
+        cache_control,
+        statuses,
+        vary,
+        ignore_query: r.ignore_query.unwrap_or_default(),
+    })
+}
+
+fn header_name(e: &mut Vec<String>, key: &str, text: &str) -> HeaderName {
+    check(
+        e,
+        key,
+        HeaderName::from_bytes(text.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("`{text}` is not a header name")),
+        HeaderName::from_static("x-invalid"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED).unwrap();
+        assert!(!c.routes.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let bad = r#"
+            [listen]
+            proxy = "nowhere"
+            [upstream]
+            url = "ftp://x"
+            timeout = "5 parsecs"
+            [l1]
+            max_bytes = "lots"
+            [[route]]
+            name = "a"
+            match = "GET /a/{id}"
+            ttl = "60"
+            tags = ["a:{nope}"]
+            scope = "everyone"
+            [[route]]
+            match = "POST /b"
+            bogus = 1
+        "#;
+        let errs = Config::parse(bad).unwrap_err().0;
+        let all = errs.join("\n");
+        for needle in [
+            "listen.proxy",
+            "upstream.url",
+            "upstream.timeout",
+            "l1.max_bytes",
+            "route[0] (a).ttl",
+            "route[0] (a).tags[0]",
+            "route[0] (a).scope",
+            "route[1]: unknown field `bogus`",
+        ] {
+            assert!(all.contains(needle), "missing {needle} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::parse_with_env(EMBEDDED, |k| match k {
+            ENV_UPSTREAM_URL => Some("http://10.1.2.3:81".into()),
+            ENV_LISTEN_PROXY => Some("127.0.0.1:18080".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.upstream.url.authority().unwrap().as_str(), "10.1.2.3:81");
+        assert_eq!(c.listen.proxy.port(), 18080);
+    }
+}

@@ -1,0 +1,199 @@
+//! Templates in the config: route matches (`"GET /api/groups/{group}/{symbol}"`) and tag
+//! templates (`"group:{group}:{symbol}"`). Parsed and checked once at load; the router and the
+//! cache only ever see these validated forms.
+
+use http::Method;
+
+/// Most path parameters a route may have; a fixed bound keeps matching allocation-free.
+pub const MAX_PARAMS: usize = 8;
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Must equal this text exactly.
+    Literal(String),
+    /// Matches any one non-empty segment; the value is parameter number `.0`.
+    Param(usize),
+}
+
+/// A parsed `METHOD /path/{param}` match.
+#[derive(Debug, Clone)]
+pub struct MatchTemplate {
+    pub method: Method,
+    pub segments: Vec<Segment>,
+    /// Parameter names in path order.
+    pub params: Vec<String>,
+    /// The text as written, for logs and `explain`.
+    pub text: String,
+}
+
+impl MatchTemplate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (method, path) = text
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("`{text}`: write `METHOD /path/{{param}}`"))?;
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("`{text}`: `{method}` is not an HTTP method"))?;
+        let path = path.trim();
+        if !path.starts_with('/') {
+            return Err(format!("`{text}`: the path must start with `/`"));
+        }
+        let mut segments = Vec::new();
+        let mut params: Vec<String> = Vec::new();
+        for raw in path[1..].split('/') {
+            if let Some(name) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                if !is_identifier(name) {
+                    return Err(format!(
+                        "`{text}`: `{{{name}}}` is not a valid parameter name"
+                    ));
+                }
+                if params.iter().any(|p| p == name) {
+                    return Err(format!("`{text}`: parameter `{name}` appears twice"));
+                }
+                segments.push(Segment::Param(params.len()));
+                params.push(name.to_string());
+            } else if raw.contains(['{', '}']) {
+                return Err(format!(
+                    "`{text}`: a parameter must be a whole segment, like `/{{name}}/`"
+                ));
+            } else {
+                segments.push(Segment::Literal(raw.to_string()));
+            }
+        }
+        if params.len() > MAX_PARAMS {
+            return Err(format!("`{text}`: at most {MAX_PARAMS} parameters"));
+        }
+        Ok(Self {
+            method,
+            segments,
+            params,
+            text: text.trim().to_string(),
+        })
+    }
+}
+
+/// A string template such as `"user:{user_type}:{user_id}"`, filled from named values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Field(String),
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("`{text}`: `{{` without a closing `}}`"))?
+                + open;
+            let name = &rest[open + 1..close];
+            if !is_field_path(name) {
+                return Err(format!("`{text}`: `{{{name}}}` is not a valid field name"));
+            }
+            parts.push(Part::Field(name.to_string()));
+            rest = &rest[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("`{text}`: `}}` without an opening `{{`"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        if parts.is_empty() {
+            return Err("empty template".into());
+        }
+        Ok(Self {
+            parts,
+            text: text.to_string(),
+        })
+    }
+
+    /// The names this template reads.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Field(f) => Some(f.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Fills the template; `None` when a field has no value.
+    pub fn render<'a>(&self, mut value: impl FnMut(&str) -> Option<&'a str>) -> Option<String> {
+        let mut out = String::with_capacity(self.text.len() + 16);
+        for part in &self.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Field(f) => out.push_str(value(f)?),
+            }
+        }
+        Some(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Field names may be dotted paths (`data.user_id`) for JSON payloads.
+fn is_field_path(name: &str) -> bool {
+    !name.is_empty() && name.split('.').all(is_identifier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_template() {
+        let t = MatchTemplate::parse("GET /api/groups/{group}/{symbol}").unwrap();
+        assert_eq!(t.method, Method::GET);
+        assert_eq!(t.params, vec!["group", "symbol"]);
+        assert_eq!(
+            t.segments,
+            vec![
+                Segment::Literal("api".into()),
+                Segment::Literal("groups".into()),
+                Segment::Param(0),
+                Segment::Param(1)
+            ]
+        );
+        assert!(MatchTemplate::parse("/api").is_err());
+        assert!(MatchTemplate::parse("GET api").is_err());
+        assert!(MatchTemplate::parse("GET /a/{x}/{x}").is_err());
+        assert!(MatchTemplate::parse("GET /a/x{y}").is_err());
+    }
+
+    #[test]
+    fn tag_template() {
+        let t = Template::parse("user:{user_type}:{user_id}").unwrap();
+        assert_eq!(t.fields().collect::<Vec<_>>(), vec!["user_type", "user_id"]);
+        let out = t.render(|f| match f {
+            "user_type" => Some("live"),
+            "user_id" => Some("42"),
+            _ => None,
+        });
+        assert_eq!(out.as_deref(), Some("user:live:42"));
+        assert_eq!(t.render(|_| None), None);
+        assert!(Template::parse("user:{").is_err());
+        assert!(Template::parse("user:}").is_err());
+        assert!(Template::parse("a:{b c}").is_err());
+    }
+}

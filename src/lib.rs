@@ -1,0 +1,38 @@
+//! sidecache: a sidecar caching proxy for Kubernetes.
+//!
+//! The application in the pod sends its backend calls to sidecache on `127.0.0.1`; sidecache
+//! forwards them to the real backend and serves the configured read routes from memory.
+//!
+//! # Layout
+//!
+//! Dependencies point one way: `main → app → {proxy, admin, server} → {route, cache} →
+//! {config, metrics, error}`.
+//!
+//! - [`config`]: the file format, environment overrides, and validation that lists every problem.
+//! - [`route`]: method + path templates → the route policy and its parameters.
+//! - [`proxy`]: the request phases (route → key → lookup → coalesce → forward → store →
+//!   respond) and the one place errors become responses.
+//! - [`cache`]: keys, pure freshness and storability policy, entries, L1, coalescing.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own port.
+//! - [`metrics`]: every Prometheus family, registered in one place.
+//! - [`server`]: HTTP/1.1 serving with graceful shutdown, for both listeners.
+//! - [`app`]: wiring and the start/stop order.
+//!
+//! # The life of a request
+//!
+//! ```text
+//! accept → route ─┬─ not cached ─→ forward untouched (streamed) ─→ respond
+//!                 └─ cached ─→ key → L1 ─┬─ fresh hit ─→ respond 200/304 (+ Age, ETag, Cache-Status)
+//!                                        └─ miss ─→ coalesce ─→ forward → store if cacheable → respond
+//! ```
+
+pub mod admin;
+pub mod app;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,83 @@
+//! The `sidecache` command: `sidecache [--config FILE]` runs, `sidecache check` validates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sidecache::app::App;
+use sidecache::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "sidecache",
+    version,
+    about = "A sidecar caching proxy for Kubernetes."
+)]
+struct Cli {
+    /// Config file (TOML). Without it, the embedded default (config/sidecache.toml) runs.
+    #[arg(long, short, global = true, env = "SIDECACHE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config, print every problem, and exit non-zero if there is any.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = cli.config.as_ref().map_or_else(
+        || "the embedded default config".to_string(),
+        |p| p.display().to_string(),
+    );
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("sidecache: {source}: {errors}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        println!(
+            "{source}: OK ({} route(s), upstream {})",
+            config.routes.len(),
+            config.upstream.url
+        );
+        return ExitCode::SUCCESS;
+    }
+    sidecache::telemetry::init(&config.log);
+    let runtime = if config.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.runtime.worker_threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sidecache: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match App::build(config).start().await {
+            Ok(running) => {
+                running.run_until_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sidecache: cannot listen: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

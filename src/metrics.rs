@@ -1,0 +1,286 @@
+//! Every metric family, registered in one place. Labels are low-cardinality by construction:
+//! route *names* (or `none`), method from a fixed set, status class, cache outcome.
+//!
+//! Hot-path counters are resolved lazily once per label combination and then kept, so a
+//! request costs a few atomic adds, not a label hash and a lock.
+
+use std::sync::OnceLock;
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::cache::{CacheOutcome, NoStoreReason};
+
+/// The `route` label of requests that match no cached route.
+pub const NO_ROUTE: &str = crate::config::RESERVED_ROUTE_NAME;
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const OUTCOMES: usize = CacheOutcome::ALL.len();
+
+/// Latency buckets from 50µs (an L1 hit) to 10s (a slow upstream).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    not_stored: IntCounterVec,
+    coalesced_waits: IntCounterVec,
+    l1_entries: IntGauge,
+    l1_bytes: IntGauge,
+    l1_evictions: IntCounterVec,
+    routes: Vec<RouteMetrics>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// The per-route handles, resolved on first use.
+pub struct RouteMetrics {
+    name: String,
+    requests: Box<[OnceLock<IntCounter>]>,
+    durations: [OnceLock<Histogram>; OUTCOMES],
+    upstream: OnceLock<Histogram>,
+    coalesced: OnceLock<IntCounter>,
+}
+
+impl Metrics {
+    /// Registers every family; `route_names` are the configured routes in order.
+    pub fn new(route_names: &[&str]) -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "sidecache_requests_total",
+                "Requests answered, by route, method, status class and cache outcome.",
+            ),
+            &["route", "method", "status_class", "cache"],
+        )
+        .unwrap();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidecache_request_duration_seconds",
+                "Time from request head to response head, by route and cache outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "cache"],
+        )
+        .unwrap();
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidecache_upstream_duration_seconds",
+                "Time the upstream took to answer with a response head, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .unwrap();
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "sidecache_upstream_errors_total",
+                "Upstream failures by route and kind (connect, timeout, protocol).",
+            ),
+            &["route", "kind"],
+        )
+        .unwrap();
+        let not_stored = IntCounterVec::new(
+            Opts::new(
+                "sidecache_not_stored_total",
+                "Responses on cached routes that were not stored, by route and reason.",
+            ),
+            &["route", "reason"],
+        )
+        .unwrap();
+        let coalesced_waits = IntCounterVec::new(
+            Opts::new("sidecache_coalesced_waits_total", "Requests that waited for another request's fill of the same key instead of going upstream."),
+            &["route"],
+        )
+        .unwrap();
+        let l1_entries = IntGauge::new("sidecache_l1_entries", "Entries in the L1 cache.").unwrap();
+        let l1_bytes = IntGauge::new(
+            "sidecache_l1_bytes",
+            "Bytes held by the L1 cache (bodies, headers, bookkeeping).",
+        )
+        .unwrap();
+        let l1_evictions = IntCounterVec::new(
+            Opts::new(
+                "sidecache_l1_evictions_total",
+                "Entries removed from L1, by cause (expired, size, explicit, replaced).",
+            ),
+            &["cause"],
+        )
+        .unwrap();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sidecache_build_info",
+                "Always 1; the version label says which build runs.",
+            ),
+            &["version"],
+        )
+        .unwrap();
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(not_stored.clone()),
+            Box::new(coalesced_waits.clone()),
+            Box::new(l1_entries.clone()),
+            Box::new(l1_bytes.clone()),
+            Box::new(l1_evictions.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        let routes = route_names
+            .iter()
+            .copied()
+            .chain(std::iter::once(NO_ROUTE))
+            .map(RouteMetrics::new)
+            .collect();
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            not_stored,
+            coalesced_waits,
+            l1_entries,
+            l1_bytes,
+            l1_evictions,
+            routes,
+        }
+    }
+
+    /// Handles of route number `id`, or of unrouted traffic for `None`.
+    pub fn route(&self, id: Option<usize>) -> &RouteMetrics {
+        let last = self.routes.len() - 1;
+        &self.routes[id.map_or(last, |i| i.min(last))]
+    }
+
+    /// Counts one answered request.
+    pub fn request(
+        &self,
+        route: &RouteMetrics,
+        method: &Method,
+        status: u16,
+        outcome: CacheOutcome,
+        seconds: f64,
+    ) {
+        let m = method_index(method);
+        let s = (status / 100).clamp(1, 5) as usize - 1;
+        let o = outcome.index();
+        let slot = (m * OUTCOMES + o) * STATUS_CLASSES.len() + s;
+        route.requests[slot]
+            .get_or_init(|| {
+                self.requests.with_label_values(&[
+                    route.name.as_str(),
+                    METHODS[m],
+                    STATUS_CLASSES[s],
+                    outcome.as_str(),
+                ])
+            })
+            .inc();
+        route.durations[o]
+            .get_or_init(|| {
+                self.request_duration
+                    .with_label_values(&[route.name.as_str(), outcome.as_str()])
+            })
+            .observe(seconds);
+    }
+
+    pub fn upstream_duration(&self, route: &RouteMetrics, seconds: f64) {
+        route
+            .upstream
+            .get_or_init(|| {
+                self.upstream_duration
+                    .with_label_values(&[route.name.as_str()])
+            })
+            .observe(seconds);
+    }
+
+    pub fn upstream_error(&self, route: &RouteMetrics, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[route.name.as_str(), kind])
+            .inc();
+    }
+
+    pub fn not_stored(&self, route: &RouteMetrics, reason: NoStoreReason) {
+        self.not_stored
+            .with_label_values(&[route.name.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    pub fn coalesced_wait(&self, route: &RouteMetrics) {
+        route
+            .coalesced
+            .get_or_init(|| {
+                self.coalesced_waits
+                    .with_label_values(&[route.name.as_str()])
+            })
+            .inc();
+    }
+
+    pub fn l1_removed(&self, cause: &str) {
+        self.l1_evictions.with_label_values(&[cause]).inc();
+    }
+
+    pub fn set_l1_usage(&self, entries: u64, bytes: u64) {
+        self.l1_entries.set(entries as i64);
+        self.l1_bytes.set(bytes as i64);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl RouteMetrics {
+    fn new(name: &str) -> RouteMetrics {
+        RouteMetrics {
+            name: name.to_string(),
+            requests: (0..METHODS.len() * OUTCOMES * STATUS_CLASSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            durations: Default::default(),
+            upstream: OnceLock::new(),
+            coalesced: OnceLock::new(),
+        }
+    }
+}
+
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}

@@ -1,0 +1,561 @@
+//! The data path. Every request goes through these phases, in this order only:
+//!
+//! ```text
+//! accept ─→ route ─┬─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
+//!                  └─ cached route ─→ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
+//!                                                       └─ miss ─→ coalesce ─┬─ leader ─→ forward ─→ store? ─→ respond
+//!                                                                            └─ follower ─→ wait ─→ respond
+//! errors anywhere ─→ rescue (502 / 504 JSON naming the failing side)
+//! ```
+//!
+//! The L1 hit path is a route match, a hash, a map lookup and a header-map clone: no upstream
+//! I/O, no locks held across awaits, no large allocation.
+
+pub mod body;
+pub mod forward;
+pub mod rescue;
+pub mod respond;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::cache::policy::{self, Freshness};
+use crate::cache::{
+    clock, key, CacheKey, CacheOutcome, Coalescer, Entry, FillState, Join, NoStoreReason, L1,
+};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::route::{Route, Router};
+use body::Body;
+use forward::Upstream;
+use respond::{Served, CACHE_STATUS};
+
+/// How many times a follower whose leader went away tries again before forwarding alone.
+const MAX_JOIN_ATTEMPTS: usize = 3;
+
+/// Request fields removed from a cache fill: the fill must fetch the full representation, and
+/// the client's own preconditions are then evaluated against the stored entry.
+const CONDITIONAL_FIELDS: [header::HeaderName; 5] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+pub struct Proxy {
+    router: Router,
+    l1: L1,
+    coalescer: Arc<Coalescer>,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    max_entry_bytes: usize,
+    access_log: bool,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+/// The result of one pass through the phases, before metrics and logging.
+struct Answer {
+    response: Response<Body>,
+    outcome: CacheOutcome,
+    route: Option<usize>,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, l1: L1, metrics: Arc<Metrics>) -> Proxy {
+        Proxy {
+            router: Router::new(&config.routes),
+            l1,
+            coalescer: Arc::new(Coalescer::default()),
+            upstream: Upstream::new(&config.upstream),
+            metrics,
+            max_entry_bytes: config.l1.max_entry_bytes,
+            access_log: config.log.access_log,
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Answers one request. Never fails: every error has become a response by now.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = self.access_log.then(|| req.uri().path().to_string());
+        let answer = self.dispatch(req, client).await;
+        let status = answer.response.status().as_u16();
+        let elapsed = start.elapsed().as_secs_f64();
+        let rm = self.metrics.route(answer.route);
+        self.metrics
+            .request(rm, &method, status, answer.outcome, elapsed);
+        if let Some(path) = path {
+            tracing::info!(
+                target: "sidecache::access",
+                %method,
+                path,
+                status,
+                route = answer.route.map(|i| self.router.routes()[i].config.name.as_str()),
+                cache = answer.outcome.as_str(),
+                micros = (elapsed * 1e6) as u64,
+            );
+        }
+        answer.response
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
+        let found = self.router.find(req.method(), req.uri().path()).map(|m| {
+            let params = m.params.as_slice();
+            let route = m.route;
+            let key = key::derive(&route.config, params, req.uri().query(), req.headers());
+            (route, key)
+        });
+        let Some((route, key)) = found else {
+            let (response, outcome) = self.pass(req, client).await;
+            return Answer {
+                response,
+                outcome,
+                route: None,
+            };
+        };
+        let rm = self.metrics.route(Some(route.id));
+        let (response, outcome) = match key {
+            Ok(key) => self.cached(req, client, route, rm, key).await,
+            Err(key::KeyError::NoIdentity) => {
+                self.metrics.not_stored(rm, NoStoreReason::NoIdentity);
+                self.pass_with_status(
+                    req,
+                    client,
+                    rm,
+                    respond::bypassed(NoStoreReason::NoIdentity),
+                )
+                .await
+            }
+        };
+        Answer {
+            response,
+            outcome,
+            route: Some(route.id),
+        }
+    }
+
+    /// Lookup → (hit | coalesce → fill) for a request on a cached route.
+    async fn cached(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        route: &Arc<Route>,
+        rm: &RouteMetrics,
+        key: CacheKey,
+    ) -> (Response<Body>, CacheOutcome) {
+        let head = req.method() == Method::HEAD;
+        if let Some(resp) = self.lookup(&key, req.headers(), head, Served::Hit) {
+            return (resp, CacheOutcome::Hit);
+        }
+        if head {
+            // A HEAD miss cannot fill the cache (no body): forward it as it is.
+            return self
+                .pass_with_status(req, client, rm, respond::bypassed(NoStoreReason::Head))
+                .await;
+        }
+        for _ in 0..MAX_JOIN_ATTEMPTS {
+            match self.coalescer.join(key) {
+                Join::Leader(guard) => {
+                    // Re-check: a fill may have completed between our lookup and our join.
+                    if let Some(entry) = self.l1.get(&key) {
+                        if let Some(resp) = self.lookup(&key, req.headers(), false, Served::Hit) {
+                            guard.complete(FillState::Done(entry));
+                            return (resp, CacheOutcome::Hit);
+                        }
+                    }
+                    return self.fill(req, client, route, rm, key, guard).await;
+                }
+                Join::Follower(rx) => {
+                    self.metrics.coalesced_wait(rm);
+                    match crate::cache::coalesce::wait(rx).await {
+                        FillState::Done(entry) => {
+                            let now = clock::now_ms();
+                            let (age, left) = match policy::freshness(
+                                entry.stored_at_ms,
+                                entry.initial_age,
+                                entry.ttl_ms,
+                                now,
+                            ) {
+                                Freshness::Fresh {
+                                    age_secs,
+                                    ttl_left_secs,
+                                } => (age_secs, ttl_left_secs),
+                                Freshness::Stale => (entry.ttl_ms / 1000, 0),
+                            };
+                            let served = Served::Collapsed {
+                                fwd_status: entry.status.as_u16(),
+                            };
+                            let resp = respond::from_entry(
+                                &entry,
+                                req.headers(),
+                                false,
+                                age,
+                                left,
+                                served,
+                            );
+                            return (resp, CacheOutcome::Collapsed);
+                        }
+                        FillState::Failed(error) => {
+                            return (rescue::rescue(&error), CacheOutcome::Error)
+                        }
+                        FillState::Pass => {
+                            return self.fetch_uncoalesced(req, client, route, rm).await
+                        }
+                        FillState::Abandoned | FillState::Pending => continue,
+                    }
+                }
+            }
+        }
+        self.fetch_uncoalesced(req, client, route, rm).await
+    }
+
+    /// A fresh L1 entry for `key`, answered.
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        headers: &HeaderMap,
+        head: bool,
+        served: Served,
+    ) -> Option<Response<Body>> {
+        let entry = self.l1.get(key)?;
+        match policy::freshness(
+            entry.stored_at_ms,
+            entry.initial_age,
+            entry.ttl_ms,
+            clock::now_ms(),
+        ) {
+            Freshness::Fresh {
+                age_secs,
+                ttl_left_secs,
+            } => Some(respond::from_entry(
+                &entry,
+                headers,
+                head,
+                age_secs,
+                ttl_left_secs,
+                served,
+            )),
+            Freshness::Stale => None,
+        }
+    }
+
+    /// The leader's fill: forward, decide, buffer, store, answer.
+    async fn fill(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        route: &Arc<Route>,
+        rm: &RouteMetrics,
+        key: CacheKey,
+        guard: crate::cache::coalesce::FillGuard,
+    ) -> (Response<Body>, CacheOutcome) {
+        let tags = render_tags(route, &req);
+        let (mut parts, body) = req.into_parts();
+        let client_headers = parts.headers.clone();
+        for name in CONDITIONAL_FIELDS {
+            parts.headers.remove(name);
+        }
+        parts.headers.remove(header::RANGE);
+        let upstream_req = self
+            .upstream
+            .prepare(Request::from_parts(parts, Body::Stream(body)), client);
+        let started = Instant::now();
+        let resp = match self.upstream.send(upstream_req).await {
+            Ok(resp) => resp,
+            Err(error) => {
+                self.metrics.upstream_error(rm, error.kind());
+                tracing::warn!(route = %route.config.name, %error, "Upstream request failed.");
+                guard.complete(FillState::Failed(error.clone()));
+                return (rescue::rescue(&error), CacheOutcome::Error);
+            }
+        };
+        self.metrics
+            .upstream_duration(rm, started.elapsed().as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        let status = parts.status.as_u16();
+
+        let ttl = policy::storability(&route.config, status, &parts.headers).and_then(|ttl| {
+            match content_length(&parts.headers) {
+                Some(n) if n > self.max_entry_bytes as u64 => Err(NoStoreReason::TooLarge),
+                _ => Ok(ttl),
+            }
+        });
+        let ttl = match ttl {
+            Ok(ttl) => ttl,
+            Err(reason) => {
+                guard.complete(FillState::Pass);
+                self.metrics.not_stored(rm, reason);
+                parts
+                    .headers
+                    .insert(CACHE_STATUS, respond::not_stored(status, reason));
+                return (
+                    Response::from_parts(parts, Body::Stream(body)),
+                    CacheOutcome::Uncacheable,
+                );
+            }
+        };
+
+        let deadline = self.upstream.timeout().saturating_sub(started.elapsed());
+        let collected =
+            match tokio::time::timeout(deadline, collect_limited(body, self.max_entry_bytes)).await
+            {
+                Err(_) => Err(ProxyError::UpstreamTimeout),
+                Ok(r) => r,
+            };
+        let body = match collected {
+            Ok(Collected::Complete(bytes)) => bytes,
+            Ok(Collected::TooLarge { prefix, rest }) => {
+                guard.complete(FillState::Pass);
+                self.metrics.not_stored(rm, NoStoreReason::TooLarge);
+                parts.headers.insert(
+                    CACHE_STATUS,
+                    respond::not_stored(status, NoStoreReason::TooLarge),
+                );
+                let body = Body::Prefixed {
+                    prefix: Some(prefix),
+                    rest,
+                };
+                return (Response::from_parts(parts, body), CacheOutcome::Uncacheable);
+            }
+            Err(error) => {
+                self.metrics.upstream_error(rm, error.kind());
+                tracing::warn!(route = %route.config.name, %error, "Upstream body failed.");
+                guard.complete(FillState::Failed(error.clone()));
+                return (rescue::rescue(&error), CacheOutcome::Error);
+            }
+        };
+
+        let entry = Arc::new(build_entry(route, parts, body, ttl, tags, clock::now_ms()));
+        self.l1.insert(key, entry.clone());
+        guard.complete(FillState::Done(entry.clone()));
+        let left = entry.ttl_ms.saturating_sub(entry.initial_age * 1000) / 1000;
+        let served = Served::Stored { fwd_status: status };
+        let resp = respond::from_entry(
+            &entry,
+            &client_headers,
+            false,
+            entry.initial_age,
+            left,
+            served,
+        );
+        (resp, CacheOutcome::Miss)
+    }
+
+    /// Forwards a cached-route request on its own (the shared fill was not shareable).
+    async fn fetch_uncoalesced(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        route: &Arc<Route>,
+        rm: &RouteMetrics,
+    ) -> (Response<Body>, CacheOutcome) {
+        let started = Instant::now();
+        let upstream_req = self.upstream.prepare(req.map(Body::Stream), client);
+        match self.upstream.send(upstream_req).await {
+            Ok(resp) => {
+                self.metrics
+                    .upstream_duration(rm, started.elapsed().as_secs_f64());
+                let (mut parts, body) = resp.into_parts();
+                let reason =
+                    policy::storability(&route.config, parts.status.as_u16(), &parts.headers)
+                        .err()
+                        .unwrap_or(NoStoreReason::TooLarge);
+                let status = parts.status.as_u16();
+                parts
+                    .headers
+                    .insert(CACHE_STATUS, respond::not_stored(status, reason));
+                (
+                    Response::from_parts(parts, Body::Stream(body)),
+                    CacheOutcome::Uncacheable,
+                )
+            }
+            Err(error) => {
+                self.metrics.upstream_error(rm, error.kind());
+                (rescue::rescue(&error), CacheOutcome::Error)
+            }
+        }
+    }
+
+    /// Forwards untouched, marking the answer with `cache_status`.
+    async fn pass_with_status(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        rm: &RouteMetrics,
+        cache_status: HeaderValue,
+    ) -> (Response<Body>, CacheOutcome) {
+        let started = Instant::now();
+        let upstream_req = self.upstream.prepare(req.map(Body::Stream), client);
+        match self.upstream.send(upstream_req).await {
+            Ok(resp) => {
+                self.metrics
+                    .upstream_duration(rm, started.elapsed().as_secs_f64());
+                let mut resp = resp.map(Body::Stream);
+                resp.headers_mut().insert(CACHE_STATUS, cache_status);
+                (resp, CacheOutcome::Bypass)
+            }
+            Err(error) => {
+                self.metrics.upstream_error(rm, error.kind());
+                (rescue::rescue(&error), CacheOutcome::Error)
+            }
+        }
+    }
+
+    /// Forwards a request that no route caches: method, headers (less hop-by-hop) and body
+    /// stream through as they are, and so does the response.
+    async fn pass(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> (Response<Body>, CacheOutcome) {
+        let rm = self.metrics.route(None);
+        let started = Instant::now();
+        let upstream_req = self.upstream.prepare(req.map(Body::Stream), client);
+        match self.upstream.send(upstream_req).await {
+            Ok(resp) => {
+                self.metrics
+                    .upstream_duration(rm, started.elapsed().as_secs_f64());
+                (resp.map(Body::Stream), CacheOutcome::Bypass)
+            }
+            Err(error) => {
+                self.metrics.upstream_error(rm, error.kind());
+                tracing::debug!(%error, "Upstream request failed.");
+                (rescue::rescue(&error), CacheOutcome::Error)
+            }
+        }
+    }
+}
+
+fn render_tags(route: &Route, req: &Request<Incoming>) -> Vec<String> {
+    if route.config.tags.is_empty() {
+        return Vec::new();
+    }
+    let path = req.uri().path();
+    let params: Vec<(&str, &str)> = route
+        .config
+        .matcher
+        .params
+        .iter()
+        .map(String::as_str)
+        .zip(param_values(route, path))
+        .collect();
+    route
+        .config
+        .tags
+        .iter()
+        .filter_map(|t| t.render(|name| params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)))
+        .collect()
+}
+
+/// The values of `route`'s params in `path` (which is known to match).
+fn param_values<'p>(route: &Route, path: &'p str) -> Vec<&'p str> {
+    use crate::config::Segment;
+    route
+        .config
+        .matcher
+        .segments
+        .iter()
+        .zip(path.trim_start_matches('/').split('/'))
+        .filter_map(|(seg, part)| matches!(seg, Segment::Param(_)).then_some(part))
+        .collect()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+enum Collected {
+    Complete(Bytes),
+    TooLarge { prefix: Bytes, rest: Incoming },
+}
+
+/// Buffers a body of at most `limit` bytes; a longer one is handed back with what was read.
+async fn collect_limited(mut body: Incoming, limit: usize) -> Result<Collected, ProxyError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                return Ok(Collected::TooLarge {
+                    prefix: buf.freeze(),
+                    rest: body,
+                });
+            }
+        }
+    }
+    Ok(Collected::Complete(buf.freeze()))
+}
+
+/// Turns a fetched response into an entry: the headers a hit will send, validators, timing.
+fn build_entry(
+    route: &Route,
+    parts: http::response::Parts,
+    body: Bytes,
+    ttl: std::time::Duration,
+    tags: Vec<String>,
+    now_ms: u64,
+) -> Entry {
+    let mut headers = parts.headers;
+    let initial_age = headers
+        .remove(header::AGE)
+        .and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
+        .unwrap_or(0);
+    let etag = match headers.get(header::ETAG) {
+        Some(e) if policy::is_strong_etag(e) => e.clone(),
+        _ => {
+            let e = policy::body_etag(&body);
+            headers.insert(header::ETAG, e.clone());
+            e
+        }
+    };
+    let http_date = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    let last_modified = http_date(header::LAST_MODIFIED)
+        .or_else(|| http_date(header::DATE))
+        .unwrap_or(now_ms / 1000);
+    if let Some(cc) = &route.config.cache_control {
+        headers.insert(header::CACHE_CONTROL, cc.clone());
+    }
+    headers.insert(header::CONTENT_LENGTH, respond::number(body.len() as u64));
+    Entry {
+        status: parts.status,
+        headers,
+        body,
+        etag,
+        last_modified,
+        stored_at_ms: now_ms,
+        initial_age,
+        ttl_ms: ttl.as_millis() as u64,
+        tags,
+    }
+}

@@ -1,0 +1,111 @@
+//! The respond phase: answers built from a stored entry (200 or 304, with `Age` and
+//! `Cache-Status`), and the `Cache-Status` values of forwarded answers (RFC 9211).
+
+use std::fmt::Write as _;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::Body;
+use crate::cache::{policy, Entry, NoStoreReason};
+
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Fields a 304 carries when the 200 would have (RFC 9110 §15.4.5).
+const NOT_MODIFIED_FIELDS: [HeaderName; 6] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+];
+
+/// How an entry-backed answer came about, for `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Found fresh in L1.
+    Hit,
+    /// Fetched by this request and stored.
+    Stored { fwd_status: u16 },
+    /// Fetched by a concurrent request; this one waited for it.
+    Collapsed { fwd_status: u16 },
+}
+
+/// Answers `request_headers` from `entry`: 304 when its preconditions match, else the stored
+/// response (headers only for HEAD).
+pub fn from_entry(
+    entry: &Entry,
+    request_headers: &HeaderMap,
+    head: bool,
+    age_secs: u64,
+    ttl_left_secs: u64,
+    served: Served,
+) -> Response<Body> {
+    let not_modified = policy::not_modified(request_headers, &entry.etag, entry.last_modified);
+    let mut resp = if not_modified {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = r.headers_mut();
+        for name in NOT_MODIFIED_FIELDS {
+            for v in entry.headers.get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        r
+    } else {
+        let body = if head {
+            Body::empty()
+        } else {
+            Body::Full(Some(entry.body.clone()))
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = entry.status;
+        *r.headers_mut() = entry.headers.clone();
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert(header::AGE, number(age_secs));
+    h.insert(CACHE_STATUS, cache_status(served, ttl_left_secs));
+    resp
+}
+
+fn cache_status(served: Served, ttl_left: u64) -> HeaderValue {
+    let mut s = String::with_capacity(64);
+    match served {
+        Served::Hit => s.push_str("sidecache; hit"),
+        Served::Stored { fwd_status } => {
+            let _ = write!(s, "sidecache; fwd=miss; fwd-status={fwd_status}; stored");
+        }
+        Served::Collapsed { fwd_status } => {
+            let _ = write!(s, "sidecache; fwd=miss; fwd-status={fwd_status}; collapsed");
+        }
+    }
+    let _ = write!(s, "; ttl={ttl_left}");
+    HeaderValue::from_str(&s).expect("ASCII header value")
+}
+
+/// `Cache-Status` of a response fetched on a cached route but not stored.
+pub fn not_stored(fwd_status: u16, reason: NoStoreReason) -> HeaderValue {
+    let s = format!(
+        "sidecache; fwd=miss; fwd-status={fwd_status}; detail={}",
+        reason.as_str()
+    );
+    HeaderValue::from_str(&s).expect("ASCII header value")
+}
+
+/// `Cache-Status` of a request the cache chose not to handle (e.g. HEAD miss, no identity).
+pub fn bypassed(reason: NoStoreReason) -> HeaderValue {
+    let fwd = if reason == NoStoreReason::Head {
+        "method"
+    } else {
+        "bypass"
+    };
+    HeaderValue::from_str(&format!("sidecache; fwd={fwd}; detail={}", reason.as_str()))
+        .expect("ASCII header value")
+}
+
+pub fn number(n: u64) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    HeaderValue::from_str(buf.format(n)).expect("digits are a header value")
+}

@@ -1,0 +1,164 @@
+//! Route matching: method + path → the route's policy and its path parameters.
+//!
+//! Routes are compiled once from the config. Matching walks the path segments against each
+//! template in config order (first match wins) and records parameters as slices of the
+//! request path: no allocation on the hot path.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::{RouteConfig, Segment, MAX_PARAMS};
+
+/// A compiled route: its index (stable for the life of the router) and its policy.
+#[derive(Debug)]
+pub struct Route {
+    pub id: usize,
+    pub config: RouteConfig,
+}
+
+/// Path parameters of one match, borrowed from the request path.
+#[derive(Debug, Clone, Copy)]
+pub struct Params<'p> {
+    values: [&'p str; MAX_PARAMS],
+    len: usize,
+}
+
+impl<'p> Params<'p> {
+    pub fn as_slice(&self) -> &[&'p str] {
+        &self.values[..self.len]
+    }
+
+    /// The value of the parameter named `name` in `route`.
+    pub fn get(&self, route: &Route, name: &str) -> Option<&'p str> {
+        route
+            .config
+            .matcher
+            .params
+            .iter()
+            .position(|p| p == name)
+            .map(|i| self.values[i])
+    }
+}
+
+/// A request matched to a cached route.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMatch<'r, 'p> {
+    pub route: &'r Arc<Route>,
+    pub params: Params<'p>,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(routes: &[RouteConfig]) -> Router {
+        Router {
+            routes: routes
+                .iter()
+                .enumerate()
+                .map(|(id, config)| {
+                    Arc::new(Route {
+                        id,
+                        config: config.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// Finds the cached route for a GET or HEAD request; other methods never match.
+    pub fn find<'r, 'p>(&'r self, method: &Method, path: &'p str) -> Option<RouteMatch<'r, 'p>> {
+        if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        let path = path.strip_prefix('/')?;
+        self.routes.iter().find_map(|route| {
+            match_segments(&route.config.matcher.segments, path)
+                .map(|params| RouteMatch { route, params })
+        })
+    }
+}
+
+fn match_segments<'p>(template: &[Segment], path: &'p str) -> Option<Params<'p>> {
+    let mut params = Params {
+        values: [""; MAX_PARAMS],
+        len: 0,
+    };
+    let mut parts = path.split('/');
+    for seg in template {
+        let part = parts.next()?;
+        match seg {
+            Segment::Literal(lit) => {
+                if lit != part {
+                    return None;
+                }
+            }
+            Segment::Param(i) => {
+                if part.is_empty() {
+                    return None;
+                }
+                params.values[*i] = part;
+                params.len = params.len.max(i + 1);
+            }
+        }
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn router() -> Router {
+        let c = Config::parse(
+            r#"
+            [upstream]
+            url = "http://127.0.0.1:1"
+            [[route]]
+            name = "group"
+            match = "GET /api/groups/{group}/{symbol}"
+            ttl = "1h"
+            [[route]]
+            name = "balance"
+            match = "GET /api/users/{user_type}/{user_id}/balance"
+            ttl = "60s"
+            "#,
+        )
+        .unwrap();
+        Router::new(&c.routes)
+    }
+
+    #[test]
+    fn matches_and_extracts_params() {
+        let r = router();
+        let m = r.find(&Method::GET, "/api/groups/VIP/EURUSD").unwrap();
+        assert_eq!(m.route.config.name, "group");
+        assert_eq!(m.params.as_slice(), &["VIP", "EURUSD"]);
+        assert_eq!(m.params.get(m.route, "symbol"), Some("EURUSD"));
+        let m = r.find(&Method::HEAD, "/api/users/live/42/balance").unwrap();
+        assert_eq!(m.route.config.name, "balance");
+        assert_eq!(m.params.as_slice(), &["live", "42"]);
+    }
+
+    #[test]
+    fn rejects_other_methods_and_shapes() {
+        let r = router();
+        assert!(r.find(&Method::PUT, "/api/groups/VIP/EURUSD").is_none());
+        assert!(r.find(&Method::GET, "/api/groups/VIP").is_none());
+        assert!(r.find(&Method::GET, "/api/groups/VIP/EURUSD/x").is_none());
+        assert!(r.find(&Method::GET, "/api/groups//EURUSD").is_none());
+        assert!(r.find(&Method::GET, "/api/groups/VIP/").is_none());
+        assert!(r.find(&Method::GET, "api/groups/VIP/EURUSD").is_none());
+    }
+}
