@@ -259,6 +259,11 @@ impl Metrics {
 }
 
 impl RouteMetrics {
+    /// The route label (`none` for unrouted traffic).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn new(name: &str) -> RouteMetrics {
         RouteMetrics {
             name: name.to_string(),

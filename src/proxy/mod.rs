@@ -124,7 +124,7 @@ impl Proxy {
             (route, key)
         });
         let Some((route, key)) = found else {
-            let (response, outcome) = self.pass(req, client).await;
+            let (response, outcome) = self.pass(req, client, self.metrics.route(None), None).await;
             return Answer {
                 response,
                 outcome,
@@ -136,13 +136,8 @@ impl Proxy {
             Ok(key) => self.cached(req, client, route, rm, key).await,
             Err(key::KeyError::NoIdentity) => {
                 self.metrics.not_stored(rm, NoStoreReason::NoIdentity);
-                self.pass_with_status(
-                    req,
-                    client,
-                    rm,
-                    respond::bypassed(NoStoreReason::NoIdentity),
-                )
-                .await
+                let status = respond::bypassed(NoStoreReason::NoIdentity);
+                self.pass(req, client, rm, Some(status)).await
             }
         };
         Answer {
@@ -167,9 +162,8 @@ impl Proxy {
         }
         if head {
             // A HEAD miss cannot fill the cache (no body): forward it as it is.
-            return self
-                .pass_with_status(req, client, rm, respond::bypassed(NoStoreReason::Head))
-                .await;
+            let status = respond::bypassed(NoStoreReason::Head);
+            return self.pass(req, client, rm, Some(status)).await;
         }
         for _ in 0..MAX_JOIN_ATTEMPTS {
             match self.coalescer.join(key) {
@@ -274,21 +268,15 @@ impl Proxy {
             parts.headers.remove(name);
         }
         parts.headers.remove(header::RANGE);
-        let upstream_req = self
-            .upstream
-            .prepare(Request::from_parts(parts, Body::Stream(body)), client);
         let started = Instant::now();
-        let resp = match self.upstream.send(upstream_req).await {
+        let upstream_req = Request::from_parts(parts, body);
+        let resp = match self.forward(upstream_req, client, rm).await {
             Ok(resp) => resp,
             Err(error) => {
-                self.metrics.upstream_error(rm, error.kind());
-                tracing::warn!(route = %route.config.name, %error, "Upstream request failed.");
                 guard.complete(FillState::Failed(error.clone()));
                 return (rescue::rescue(&error), CacheOutcome::Error);
             }
         };
-        self.metrics
-            .upstream_duration(rm, started.elapsed().as_secs_f64());
         let (mut parts, body) = resp.into_parts();
         let status = parts.status.as_u16();
 
@@ -359,7 +347,8 @@ impl Proxy {
         (resp, CacheOutcome::Miss)
     }
 
-    /// Forwards a cached-route request on its own (the shared fill was not shareable).
+    /// Forwards a cached-route request on its own (the shared fill was not shareable); the
+    /// answer says why it was not stored.
     async fn fetch_uncoalesced(
         &self,
         req: Request<Incoming>,
@@ -367,18 +356,13 @@ impl Proxy {
         route: &Arc<Route>,
         rm: &RouteMetrics,
     ) -> (Response<Body>, CacheOutcome) {
-        let started = Instant::now();
-        let upstream_req = self.upstream.prepare(req.map(Body::Stream), client);
-        match self.upstream.send(upstream_req).await {
+        match self.forward(req, client, rm).await {
             Ok(resp) => {
-                self.metrics
-                    .upstream_duration(rm, started.elapsed().as_secs_f64());
                 let (mut parts, body) = resp.into_parts();
-                let reason =
-                    policy::storability(&route.config, parts.status.as_u16(), &parts.headers)
-                        .err()
-                        .unwrap_or(NoStoreReason::TooLarge);
                 let status = parts.status.as_u16();
+                let reason = policy::storability(&route.config, status, &parts.headers)
+                    .err()
+                    .unwrap_or(NoStoreReason::TooLarge);
                 parts
                     .headers
                     .insert(CACHE_STATUS, respond::not_stored(status, reason));
@@ -387,60 +371,52 @@ impl Proxy {
                     CacheOutcome::Uncacheable,
                 )
             }
-            Err(error) => {
-                self.metrics.upstream_error(rm, error.kind());
-                (rescue::rescue(&error), CacheOutcome::Error)
-            }
+            Err(error) => (rescue::rescue(&error), CacheOutcome::Error),
         }
     }
 
-    /// Forwards untouched, marking the answer with `cache_status`.
-    async fn pass_with_status(
-        &self,
-        req: Request<Incoming>,
-        client: SocketAddr,
-        rm: &RouteMetrics,
-        cache_status: HeaderValue,
-    ) -> (Response<Body>, CacheOutcome) {
-        let started = Instant::now();
-        let upstream_req = self.upstream.prepare(req.map(Body::Stream), client);
-        match self.upstream.send(upstream_req).await {
-            Ok(resp) => {
-                self.metrics
-                    .upstream_duration(rm, started.elapsed().as_secs_f64());
-                let mut resp = resp.map(Body::Stream);
-                resp.headers_mut().insert(CACHE_STATUS, cache_status);
-                (resp, CacheOutcome::Bypass)
-            }
-            Err(error) => {
-                self.metrics.upstream_error(rm, error.kind());
-                (rescue::rescue(&error), CacheOutcome::Error)
-            }
-        }
-    }
-
-    /// Forwards a request that no route caches: method, headers (less hop-by-hop) and body
-    /// stream through as they are, and so does the response.
+    /// Forwards untouched, marking the answer with `cache_status` when given.
     async fn pass(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
+        rm: &RouteMetrics,
+        cache_status: Option<HeaderValue>,
     ) -> (Response<Body>, CacheOutcome) {
-        let rm = self.metrics.route(None);
+        match self.forward(req, client, rm).await {
+            Ok(resp) => {
+                let mut resp = resp.map(Body::Stream);
+                if let Some(v) = cache_status {
+                    resp.headers_mut().insert(CACHE_STATUS, v);
+                }
+                (resp, CacheOutcome::Bypass)
+            }
+            Err(error) => (rescue::rescue(&error), CacheOutcome::Error),
+        }
+    }
+
+    /// Streams a request to the upstream and returns its response head, counting duration
+    /// and errors.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        rm: &RouteMetrics,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
         let upstream_req = self.upstream.prepare(req.map(Body::Stream), client);
-        match self.upstream.send(upstream_req).await {
-            Ok(resp) => {
-                self.metrics
-                    .upstream_duration(rm, started.elapsed().as_secs_f64());
-                (resp.map(Body::Stream), CacheOutcome::Bypass)
-            }
+        let result = self.upstream.send(upstream_req).await;
+        let route = rm.name();
+        match &result {
+            Ok(_) => self
+                .metrics
+                .upstream_duration(rm, started.elapsed().as_secs_f64()),
             Err(error) => {
                 self.metrics.upstream_error(rm, error.kind());
-                tracing::debug!(%error, "Upstream request failed.");
-                (rescue::rescue(&error), CacheOutcome::Error)
+                tracing::warn!(route, %error, "Upstream request failed.");
             }
         }
+        result
     }
 }
 

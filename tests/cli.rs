@@ -1,0 +1,86 @@
+//! The `sidecache` binary: `check` lists every problem; `--version`; the shipped configs pass.
+
+use std::process::Command;
+
+fn sidecache(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sidecache"))
+        .args(args)
+        .env_remove("SIDECACHE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_lists_every_problem_and_fails() {
+    let dir = std::env::temp_dir().join(format!("sidecache-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[listen]
+proxy = "not-an-address"
+[upstream]
+url = "https://backend"
+timeout = "soon"
+[l1]
+max_bytes = "a lot"
+[[route]]
+name = "group"
+match = "GET /api/groups/{group}/{symbol}"
+ttl = "60"
+tags = ["group:{grp}"]
+scope = "sometimes"
+[[route]]
+name = "group"
+match = "PUT /x"
+typo_key = true
+"#,
+    )
+    .unwrap();
+    let out = sidecache(&["check", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "listen.proxy",
+        "upstream.url",
+        "upstream.timeout",
+        "l1.max_bytes",
+        "route[0] (group).ttl",
+        "route[0] (group).tags[0]",
+        "route[0] (group).scope",
+        "route[1]: unknown field `typo_key`",
+    ] {
+        assert!(err.contains(key), "`{key}` missing from:\n{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn shipped_configs_pass_check() {
+    let out = sidecache(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = sidecache(&["check", "--config", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn version_is_printed() {
+    let out = sidecache(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
