@@ -15,10 +15,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, Health};
-use crate::cache::L1;
+use crate::cache::{L1, L2};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::redis::Redis;
 use crate::server::{self, ConnSettings};
 
 /// The components built from a config, not yet listening.
@@ -50,7 +51,12 @@ impl App {
             let metrics = metrics.clone();
             L1::new(config.l1.max_bytes, move |cause| metrics.l1_removed(cause))
         };
-        let proxy = Arc::new(Proxy::new(&config, l1.clone(), metrics.clone()));
+        let pod_id = pod_id();
+        let l2 = config.l2.as_ref().map(|c| {
+            let redis = Redis::start(c, metrics.clone());
+            L2::new(redis, c, &pod_id)
+        });
+        let proxy = Arc::new(Proxy::new(&config, l1.clone(), l2, metrics.clone()));
         let admin = Admin {
             health: Arc::new(Health::default()),
             metrics,
@@ -101,7 +107,27 @@ impl App {
             grace,
         ));
 
-        self.admin.health.set_ready();
+        let warmup = self.config.warmup.clone();
+        if warmup.paths.is_empty() {
+            self.admin.health.set_ready();
+        } else {
+            let health = self.admin.health.clone();
+            if !warmup.gate_readiness {
+                health.set_ready();
+            }
+            tokio::spawn(async move {
+                let done =
+                    tokio::time::timeout(warmup.timeout, crate::warmup::run(&warmup, proxy_addr))
+                        .await;
+                match done {
+                    Ok((ok, failed)) => tracing::info!(ok, failed, "Warmup finished."),
+                    Err(_) => {
+                        tracing::warn!(timeout = ?warmup.timeout, "Warmup timed out; going ready anyway.")
+                    }
+                }
+                health.set_ready();
+            });
+        }
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %self.config.upstream.url,
             routes = self.config.routes.len(), "sidecache is ready.");
         Ok(Running {
@@ -115,6 +141,20 @@ impl App {
             admin_task,
         })
     }
+}
+
+/// This process's identity among the pods: the pod name (`HOSTNAME` in Kubernetes) plus a
+/// random suffix, so that two processes never share lease tokens or message origins.
+fn pod_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecache".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("{host}:{}:{nanos}", std::process::id());
+    format!(
+        "{host}-{:08x}",
+        xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) as u32
+    )
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> io::Result<TcpListener> {

@@ -5,8 +5,8 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `main → app → {proxy, admin, server} → {route, cache} →
-//! {config, metrics, error}`.
+//! Dependencies point one way: `main → app → {proxy, admin, server} → {route, cache, warmup}
+//! → redis → {config, metrics, error}`.
 //!
 //! - [`config`]: the file format, environment overrides, and validation that lists every problem.
 //! - [`route`]: method + path templates → the route policy and its parameters.
@@ -16,6 +16,8 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own port.
 //! - [`metrics`]: every Prometheus family, registered in one place.
 //! - [`server`]: HTTP/1.1 serving with graceful shutdown, for both listeners.
+//! - [`redis`]: one Redis client (standalone, Sentinel, Cluster) with timeouts and a breaker.
+//! - [`warmup`]: fetching configured paths through the proxy at start.
 //! - [`app`]: wiring and the start/stop order.
 //!
 //! # The life of a request
@@ -33,6 +35,8 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod route;
 pub mod server;
 pub mod telemetry;
+pub mod warmup;

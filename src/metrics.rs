@@ -12,8 +12,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::cache::{CacheOutcome, NoStoreReason};
-
 /// The `route` label of requests that match no cached route.
 pub const NO_ROUTE: &str = crate::config::RESERVED_ROUTE_NAME;
 
@@ -21,7 +19,17 @@ const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const OUTCOMES: usize = CacheOutcome::ALL.len();
+/// Room for the variants of the `cache` label (see [`LabelSet`]).
+const OUTCOMES: usize = 8;
+const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+/// A closed set of label values, such as the cache outcome, whose variants index
+/// preallocated handles. Implemented by the enums that own the values, so this module
+/// imports none of them.
+pub trait LabelSet: Copy {
+    fn index(self) -> usize;
+    fn as_str(self) -> &'static str;
+}
 
 /// Latency buckets from 50µs (an L1 hit) to 10s (a slow upstream).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -40,6 +48,11 @@ pub struct Metrics {
     l1_entries: IntGauge,
     l1_bytes: IntGauge,
     l1_evictions: IntCounterVec,
+    l2_operations: IntCounterVec,
+    l2_duration: HistogramVec,
+    l2_lease_waits: IntCounterVec,
+    l2_lookups: IntCounterVec,
+    breaker_state: IntGaugeVec,
     routes: Vec<RouteMetrics>,
 }
 
@@ -123,6 +136,38 @@ impl Metrics {
             &["cause"],
         )
         .unwrap();
+        let l2_operations = IntCounterVec::new(
+            Opts::new("sidecache_l2_operations_total", "Redis (L2) operations by op (get, lease, put, release, ...) and result (ok, hit, miss, corrupt, error, timeout, skipped, not_connected)."),
+            &["op", "result"],
+        )
+        .unwrap();
+        let l2_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidecache_l2_duration_seconds",
+                "Time of Redis (L2) round trips, by op.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .unwrap();
+        let l2_lease_waits = IntCounterVec::new(
+            Opts::new("sidecache_l2_lease_waits_total", "Misses that waited for another pod's fill (the lease holder) instead of asking the upstream, by result (filled, timeout)."),
+            &["result"],
+        )
+        .unwrap();
+        let l2_lookups = IntCounterVec::new(
+            Opts::new(
+                "sidecache_l2_lookups_total",
+                "L2 lookups after an L1 miss, by result (hit, miss, corrupt, unavailable).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let breaker_state = IntGaugeVec::new(
+            Opts::new("sidecache_redis_breaker_state", "1 for the Redis circuit breaker's current state (closed, open, half_open), 0 for the others."),
+            &["state"],
+        )
+        .unwrap();
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "sidecache_build_info",
@@ -145,6 +190,11 @@ impl Metrics {
             Box::new(l1_entries.clone()),
             Box::new(l1_bytes.clone()),
             Box::new(l1_evictions.clone()),
+            Box::new(l2_operations.clone()),
+            Box::new(l2_duration.clone()),
+            Box::new(l2_lease_waits.clone()),
+            Box::new(l2_lookups.clone()),
+            Box::new(breaker_state.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -166,6 +216,11 @@ impl Metrics {
             l1_entries,
             l1_bytes,
             l1_evictions,
+            l2_operations,
+            l2_duration,
+            l2_lease_waits,
+            l2_lookups,
+            breaker_state,
             routes,
         }
     }
@@ -182,12 +237,13 @@ impl Metrics {
         route: &RouteMetrics,
         method: &Method,
         status: u16,
-        outcome: CacheOutcome,
+        outcome: impl LabelSet,
         seconds: f64,
     ) {
         let m = method_index(method);
         let s = (status / 100).clamp(1, 5) as usize - 1;
         let o = outcome.index();
+        assert!(o < OUTCOMES, "more cache outcomes than metric slots");
         let slot = (m * OUTCOMES + o) * STATUS_CLASSES.len() + s;
         route.requests[slot]
             .get_or_init(|| {
@@ -223,9 +279,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn not_stored(&self, route: &RouteMetrics, reason: NoStoreReason) {
+    pub fn not_stored(&self, route: &RouteMetrics, reason: &str) {
         self.not_stored
-            .with_label_values(&[route.name.as_str(), reason.as_str()])
+            .with_label_values(&[route.name.as_str(), reason])
             .inc();
     }
 
@@ -241,6 +297,31 @@ impl Metrics {
 
     pub fn l1_removed(&self, cause: &str) {
         self.l1_evictions.with_label_values(&[cause]).inc();
+    }
+
+    /// Counts one L2 operation; `seconds` when a round trip was made.
+    pub fn l2_op(&self, op: &str, result: &str, seconds: Option<f64>) {
+        self.l2_operations.with_label_values(&[op, result]).inc();
+        if let Some(s) = seconds {
+            self.l2_duration.with_label_values(&[op]).observe(s);
+        }
+    }
+
+    pub fn l2_lookup(&self, result: &str) {
+        self.l2_lookups.with_label_values(&[result]).inc();
+    }
+
+    pub fn l2_lease_wait(&self, result: &str) {
+        self.l2_lease_waits.with_label_values(&[result]).inc();
+    }
+
+    /// Marks `state` (`closed`, `open` or `half_open`) as the breaker's current state.
+    pub fn set_breaker_state(&self, state: &str) {
+        for s in BREAKER_STATES {
+            self.breaker_state
+                .with_label_values(&[s])
+                .set(i64::from(s == state));
+        }
     }
 
     pub fn set_l1_usage(&self, entries: u64, bytes: u64) {

@@ -1,18 +1,22 @@
-//! The cache: keys, pure policy, the stored entry, the L1 tier and fill coalescing.
+//! The cache: keys, pure policy, the stored entry, the L1 and L2 tiers, the L2 entry codec
+//! and fill coalescing.
 //!
 //! This module decides *what* may be stored and served; the proxy decides *when* to ask.
-//! It never talks to the network.
+//! Only L2 talks to the network, through `crate::redis`.
 
 pub mod coalesce;
+pub mod codec;
 pub mod entry;
 pub mod key;
 pub mod l1;
+pub mod l2;
 pub mod policy;
 
 pub use coalesce::{Coalescer, FillState, Join};
 pub use entry::Entry;
 pub use key::CacheKey;
 pub use l1::L1;
+pub use l2::{L2Key, L2Read, Lease, L2};
 pub use policy::NoStoreReason;
 
 /// How a request was answered, as far as the cache is concerned. The strings feed metric
@@ -21,6 +25,8 @@ pub use policy::NoStoreReason;
 pub enum CacheOutcome {
     /// Served from L1 without touching the upstream.
     Hit,
+    /// Served from L2 (Redis) and promoted to L1.
+    HitL2,
     /// Fetched from the upstream and stored.
     Miss,
     /// Waited for another request's fill and served its result.
@@ -34,8 +40,9 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
-    pub const ALL: [CacheOutcome; 6] = [
+    pub const ALL: [CacheOutcome; 7] = [
         Self::Hit,
+        Self::HitL2,
         Self::Miss,
         Self::Collapsed,
         Self::Uncacheable,
@@ -46,6 +53,7 @@ impl CacheOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
+            Self::HitL2 => "hit_l2",
             Self::Miss => "miss",
             Self::Collapsed => "collapsed",
             Self::Uncacheable => "uncacheable",
@@ -53,9 +61,15 @@ impl CacheOutcome {
             Self::Error => "error",
         }
     }
+}
 
-    pub fn index(self) -> usize {
+impl crate::metrics::LabelSet for CacheOutcome {
+    fn index(self) -> usize {
         self as usize
+    }
+
+    fn as_str(self) -> &'static str {
+        CacheOutcome::as_str(self)
     }
 }
 

@@ -115,3 +115,63 @@ pub struct RouteFile {
     /// Query parameters left out of the key (e.g. tracking parameters). Default `[]`.
     pub ignore_query: Option<Vec<String>>,
 }
+
+/// `[l2]`: the shared tier in Redis. Without this section sidecache runs L1-only.
+/// Exactly one of `url`, `cluster` or `[l2.sentinel]` names the Redis deployment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L2File {
+    /// A standalone Redis, `redis://host:port/db`, or Sentinel as
+    /// `redis+sentinel://host:port,host:port/master_name`.
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes, e.g. `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`.
+    pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel: the master name and the sentinel nodes.
+    pub sentinel: Option<SentinelFile>,
+    /// Time every Redis call gets; past it the call counts as a miss. Default `"50ms"`.
+    pub timeout: Option<String>,
+    /// Time to establish a connection. Default `"500ms"`.
+    pub connect_timeout: Option<String>,
+    /// Prefix of every key sidecache writes. Default `"sidecache"`.
+    pub prefix: Option<String>,
+    /// Environment variable holding the Redis username. Default `"SIDECACHE_REDIS_USERNAME"`.
+    pub username_env: Option<String>,
+    /// Environment variable holding the Redis password. Default `"SIDECACHE_REDIS_PASSWORD"`.
+    pub password_env: Option<String>,
+    /// How long a pod may hold the fill lease of a key (`SET NX PX`): others wait for L2 at
+    /// most this long if the holder dies. Default `"2s"`.
+    pub lease: Option<String>,
+    /// How long a pod that lost the lease race waits for the winner's fill to appear in L2
+    /// before it asks the upstream itself. Default `"500ms"`, at most `lease`.
+    pub lease_wait: Option<String>,
+    /// Consecutive failures that open the circuit breaker. Default `5`.
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe call is let through. Default `"1s"`.
+    pub breaker_open: Option<String>,
+}
+
+/// `[l2.sentinel]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelFile {
+    /// The monitored master's name, e.g. `"mymaster"`. Required.
+    pub master_name: Option<String>,
+    /// Sentinel nodes, e.g. `["redis://10.0.0.1:26379"]`. Required.
+    pub nodes: Option<Vec<String>>,
+    /// Database number on the master. Default `0`.
+    pub db: Option<i64>,
+}
+
+/// `[warmup]`: URLs fetched through the proxy at start, so the first real requests hit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupFile {
+    /// Paths (with query) of cached routes, e.g. `["/api/groups/VIP/EURUSD"]`.
+    pub paths: Option<Vec<String>>,
+    /// Warmup requests in flight at once. Default `4`.
+    pub concurrency: Option<usize>,
+    /// Hold `/readyz` at 503 until warmup is done (or `timeout` passed). Default `false`.
+    pub gate_readiness: Option<bool>,
+    /// Longest time warmup may hold readiness. Default `"30s"`.
+    pub timeout: Option<String>,
+}

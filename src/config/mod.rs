@@ -30,7 +30,47 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    /// `None`: no `[l2]` section, L1 only.
+    pub l2: Option<L2Config>,
+    pub warmup: WarmupConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Which Redis deployment holds L2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://host:port/db`.
+    Standalone(String),
+    /// Sentinel nodes and the master name; the master is looked up and followed on failover.
+    Sentinel {
+        nodes: Vec<String>,
+        master_name: String,
+        db: i64,
+    },
+    /// Cluster seed nodes.
+    Cluster(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct L2Config {
+    pub target: RedisTarget,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub prefix: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub lease: Duration,
+    pub lease_wait: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WarmupConfig {
+    pub paths: Vec<String>,
+    pub concurrency: usize,
+    pub gate_readiness: bool,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +225,8 @@ struct Sections {
     runtime: file::RuntimeFile,
     shutdown: file::ShutdownFile,
     log: file::LogFile,
+    l2: Option<file::L2File>,
+    warmup: file::WarmupFile,
     routes: Vec<file::RouteFile>,
 }
 
@@ -197,12 +239,16 @@ impl Sections {
             runtime: section(&mut table, "runtime", errors),
             shutdown: section(&mut table, "shutdown", errors),
             log: section(&mut table, "log", errors),
+            l2: table
+                .contains_key("l2")
+                .then(|| section(&mut table, "l2", errors)),
+            warmup: section(&mut table, "warmup", errors),
             routes: Vec::new(),
         };
         s.routes = array(&mut table, "route", errors);
         for key in table.keys() {
             errors.push(format!(
-                "{key}: unknown section (known: listen, upstream, l1, runtime, shutdown, log, route)"
+                "{key}: unknown section (known: listen, upstream, l1, l2, runtime, shutdown, log, warmup, route)"
             ));
         }
         s
@@ -410,6 +456,21 @@ fn validate(
         access_log: s.log.access_log.unwrap_or(false),
     };
 
+    let l2 = s.l2.map(|l2| validate_l2(l2, env, e));
+    let warmup = WarmupConfig {
+        paths: s.warmup.paths.unwrap_or_default(),
+        concurrency: s.warmup.concurrency.unwrap_or(4).max(1),
+        gate_readiness: s.warmup.gate_readiness.unwrap_or(false),
+        timeout: duration(e, "warmup.timeout", s.warmup.timeout, "30s"),
+    };
+    for (i, p) in warmup.paths.iter().enumerate() {
+        if !p.starts_with('/') || p.parse::<http::uri::PathAndQuery>().is_err() {
+            e.push(format!(
+                "warmup.paths[{i}]: `{p}` is not a path like \"/api/items/1\""
+            ));
+        }
+    }
+
     let mut routes: Vec<RouteConfig> = Vec::new();
     for (i, r) in s.routes.into_iter().enumerate() {
         if let Some(route) = validate_route(i, r, e) {
@@ -427,8 +488,142 @@ fn validate(
         runtime,
         shutdown,
         log,
+        l2,
+        warmup,
         routes,
     })
+}
+
+fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
+    use redis::IntoConnectionInfo;
+    if text.starts_with("rediss://") {
+        e.push(format!(
+            "{key}: `rediss://` (TLS) is not built into this binary; terminate TLS in the mesh or use redis://"
+        ));
+    } else if let Err(err) = text.into_connection_info() {
+        e.push(format!("{key}: `{text}` is not a Redis URL: {err}"));
+    }
+}
+
+/// `redis+sentinel://host:port,host:port/master_name[/db]`.
+fn sentinel_url(text: &str) -> Result<RedisTarget, String> {
+    let rest = text
+        .strip_prefix("redis+sentinel://")
+        .ok_or_else(|| format!("`{text}` is not a redis+sentinel:// URL"))?;
+    let (hosts, path) = rest.split_once('/').ok_or_else(|| {
+        format!("`{text}`: write redis+sentinel://host:port,host:port/master_name")
+    })?;
+    let mut path = path.split('/');
+    let master_name = path
+        .next()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| format!("`{text}`: the master name is missing after the hosts"))?;
+    let db = match path.next() {
+        None | Some("") => 0,
+        Some(d) => d
+            .parse()
+            .map_err(|_| format!("`{text}`: `{d}` is not a database number"))?,
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(format!("`{text}`: no sentinel hosts"));
+    }
+    Ok(RedisTarget::Sentinel {
+        nodes,
+        master_name: master_name.to_string(),
+        db,
+    })
+}
+
+fn validate_l2(
+    f: file::L2File,
+    env: &impl Fn(&str) -> Option<String>,
+    e: &mut Vec<String>,
+) -> L2Config {
+    let given = [f.url.is_some(), f.cluster.is_some(), f.sentinel.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given != 1 {
+        e.push("l2: give exactly one of `url`, `cluster` or `[l2.sentinel]`".into());
+    }
+    let target = if let Some(url) = f.url {
+        if url.starts_with("redis+sentinel://") {
+            check(
+                e,
+                "l2.url",
+                sentinel_url(&url),
+                RedisTarget::Cluster(Vec::new()),
+            )
+        } else {
+            redis_url(e, "l2.url", &url);
+            RedisTarget::Standalone(url)
+        }
+    } else if let Some(nodes) = f.cluster {
+        if nodes.is_empty() {
+            e.push("l2.cluster: list at least one node".into());
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            redis_url(e, &format!("l2.cluster[{i}]"), n);
+        }
+        RedisTarget::Cluster(nodes)
+    } else if let Some(s) = f.sentinel {
+        let nodes = s.nodes.unwrap_or_default();
+        if nodes.is_empty() {
+            e.push("l2.sentinel.nodes: list at least one sentinel".into());
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            redis_url(e, &format!("l2.sentinel.nodes[{i}]"), n);
+        }
+        let master_name = s.master_name.unwrap_or_else(|| {
+            e.push("l2.sentinel.master_name: required".into());
+            String::new()
+        });
+        RedisTarget::Sentinel {
+            nodes,
+            master_name,
+            db: s.db.unwrap_or(0),
+        }
+    } else {
+        RedisTarget::Cluster(Vec::new())
+    };
+    let prefix = f.prefix.unwrap_or_else(|| "sidecache".into());
+    if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
+        e.push(format!(
+            "l2.prefix: `{prefix}` must be non-empty, without braces or spaces"
+        ));
+    }
+    let username_env = f
+        .username_env
+        .unwrap_or_else(|| "SIDECACHE_REDIS_USERNAME".into());
+    let password_env = f
+        .password_env
+        .unwrap_or_else(|| "SIDECACHE_REDIS_PASSWORD".into());
+    let lease = duration(e, "l2.lease", f.lease, "2s");
+    let lease_wait = duration(e, "l2.lease_wait", f.lease_wait, "500ms");
+    if lease_wait > lease {
+        e.push("l2.lease_wait: must not exceed l2.lease".into());
+    }
+    let timeout = duration(e, "l2.timeout", f.timeout, "50ms");
+    if timeout.is_zero() {
+        e.push("l2.timeout: must be greater than zero".into());
+    }
+    L2Config {
+        target,
+        timeout,
+        connect_timeout: duration(e, "l2.connect_timeout", f.connect_timeout, "500ms"),
+        prefix,
+        username: env(&username_env).filter(|v| !v.is_empty()),
+        password: env(&password_env).filter(|v| !v.is_empty()),
+        lease,
+        lease_wait,
+        breaker_failures: f.breaker_failures.unwrap_or(5).max(1),
+        breaker_open: duration(e, "l2.breaker_open", f.breaker_open, "1s"),
+    }
 }
 
 fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<RouteConfig> {
@@ -619,6 +814,46 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn l2_targets() {
+        let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n";
+        let c = Config::parse(&format!("{base}[l2]\nurl = \"redis://127.0.0.1:6379\"")).unwrap();
+        assert_eq!(
+            c.l2.unwrap().target,
+            RedisTarget::Standalone("redis://127.0.0.1:6379".into())
+        );
+        let c = Config::parse(&format!(
+            "{base}[l2]\nurl = \"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster\""
+        ))
+        .unwrap();
+        assert_eq!(
+            c.l2.unwrap().target,
+            RedisTarget::Sentinel {
+                nodes: vec![
+                    "redis://10.0.0.1:26379".into(),
+                    "redis://10.0.0.2:26379".into()
+                ],
+                master_name: "mymaster".into(),
+                db: 0
+            }
+        );
+        let errs = Config::parse(&format!(
+            "{base}[l2]\nurl = \"redis://x\"\ncluster = [\"redis://y\"]\nlease = \"1s\"\nlease_wait = \"2s\""
+        ))
+        .unwrap_err()
+        .0
+        .join("\n");
+        assert!(errs.contains("exactly one of"), "{errs}");
+        assert!(errs.contains("l2.lease_wait"), "{errs}");
+        let c = Config::parse_with_env(
+            &format!("{base}[l2]\ncluster = [\"redis://127.0.0.1:7000\"]"),
+            |k| (k == "SIDECACHE_REDIS_PASSWORD").then(|| "s3cret".to_string()),
+        )
+        .unwrap();
+        assert_eq!(c.l2.unwrap().password.as_deref(), Some("s3cret"));
+        assert!(Config::parse(base).unwrap().l2.is_none());
     }
 
     #[test]

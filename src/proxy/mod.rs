@@ -28,7 +28,8 @@ use hyper::body::Incoming;
 
 use crate::cache::policy::{self, Freshness};
 use crate::cache::{
-    clock, key, CacheKey, CacheOutcome, Coalescer, Entry, FillState, Join, NoStoreReason, L1,
+    clock, key, CacheKey, CacheOutcome, Coalescer, Entry, FillState, Join, L2Key, L2Read, Lease,
+    NoStoreReason, L1, L2,
 };
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -55,6 +56,8 @@ pub struct Proxy {
     router: Router,
     l1: L1,
     coalescer: Arc<Coalescer>,
+    /// The shared tier; `None` without an `[l2]` section.
+    l2: Option<L2>,
     upstream: Upstream,
     metrics: Arc<Metrics>,
     max_entry_bytes: usize,
@@ -75,10 +78,11 @@ struct Answer {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, l1: L1, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(config: &Config, l1: L1, l2: Option<L2>, metrics: Arc<Metrics>) -> Proxy {
         Proxy {
             router: Router::new(&config.routes),
             l1,
+            l2,
             coalescer: Arc::new(Coalescer::default()),
             upstream: Upstream::new(&config.upstream),
             metrics,
@@ -135,7 +139,8 @@ impl Proxy {
         let (response, outcome) = match key {
             Ok(key) => self.cached(req, client, route, rm, key).await,
             Err(key::KeyError::NoIdentity) => {
-                self.metrics.not_stored(rm, NoStoreReason::NoIdentity);
+                self.metrics
+                    .not_stored(rm, NoStoreReason::NoIdentity.as_str());
                 let status = respond::bypassed(NoStoreReason::NoIdentity);
                 self.pass(req, client, rm, Some(status)).await
             }
@@ -175,7 +180,47 @@ impl Proxy {
                             return (resp, CacheOutcome::Hit);
                         }
                     }
-                    return self.fill(req, client, route, rm, key, guard).await;
+                    let tags = render_tags(route, &req);
+                    let mut lease = None;
+                    if let Some(l2) = &self.l2 {
+                        let l2key = l2.key(key, &tags);
+                        let found = match l2.get(&l2key).await {
+                            L2Read::Hit(entry) => Some(*entry),
+                            other => {
+                                self.metrics.l2_lookup(l2_read_label(&other));
+                                match l2.acquire(&l2key).await {
+                                    Lease::Acquired(token) => {
+                                        lease = Some((l2key, token));
+                                        None
+                                    }
+                                    Lease::Busy => {
+                                        let filled = l2.wait_for_fill(&l2key).await;
+                                        self.metrics.l2_lease_wait(if filled.is_some() {
+                                            "filled"
+                                        } else {
+                                            "timeout"
+                                        });
+                                        filled
+                                    }
+                                    Lease::Unavailable => None,
+                                }
+                            }
+                        };
+                        if let Some(entry) = found {
+                            if let Some(answer) = self.promote(key, entry, req.headers()) {
+                                self.metrics.l2_lookup("hit");
+                                guard.complete(FillState::Done(answer.1));
+                                return (answer.0, CacheOutcome::HitL2);
+                            }
+                        }
+                    }
+                    let fill = Fill {
+                        key,
+                        tags,
+                        lease,
+                        guard,
+                    };
+                    return self.fill(req, client, route, rm, fill).await;
                 }
                 Join::Follower(rx) => {
                     self.metrics.coalesced_wait(rm);
@@ -251,6 +296,38 @@ impl Proxy {
         }
     }
 
+    /// Serves an entry found in L2 and promotes it to L1 with its remaining lifetime.
+    fn promote(
+        &self,
+        key: CacheKey,
+        entry: Entry,
+        headers: &HeaderMap,
+    ) -> Option<(Response<Body>, Arc<Entry>)> {
+        let Freshness::Fresh {
+            age_secs,
+            ttl_left_secs,
+        } = policy::freshness(
+            entry.stored_at_ms,
+            entry.initial_age,
+            entry.ttl_ms,
+            clock::now_ms(),
+        )
+        else {
+            return None;
+        };
+        let entry = Arc::new(entry);
+        self.l1.insert(key, entry.clone());
+        let resp = respond::from_entry(
+            &entry,
+            headers,
+            false,
+            age_secs,
+            ttl_left_secs,
+            Served::HitL2,
+        );
+        Some((resp, entry))
+    }
+
     /// The leader's fill: forward, decide, buffer, store, answer.
     async fn fill(
         &self,
@@ -258,10 +335,19 @@ impl Proxy {
         client: SocketAddr,
         route: &Arc<Route>,
         rm: &RouteMetrics,
-        key: CacheKey,
-        guard: crate::cache::coalesce::FillGuard,
+        fill: Fill,
     ) -> (Response<Body>, CacheOutcome) {
-        let tags = render_tags(route, &req);
+        let Fill {
+            key,
+            tags,
+            lease,
+            guard,
+        } = fill;
+        // Whatever happens below, a lease this fill does not use is handed back.
+        let mut lease = LeaseGuard {
+            l2: self.l2.clone(),
+            lease,
+        };
         let (mut parts, body) = req.into_parts();
         let client_headers = parts.headers.clone();
         for name in CONDITIONAL_FIELDS {
@@ -290,7 +376,7 @@ impl Proxy {
             Ok(ttl) => ttl,
             Err(reason) => {
                 guard.complete(FillState::Pass);
-                self.metrics.not_stored(rm, reason);
+                self.metrics.not_stored(rm, reason.as_str());
                 parts
                     .headers
                     .insert(CACHE_STATUS, respond::not_stored(status, reason));
@@ -312,7 +398,8 @@ impl Proxy {
             Ok(Collected::Complete(bytes)) => bytes,
             Ok(Collected::TooLarge { prefix, rest }) => {
                 guard.complete(FillState::Pass);
-                self.metrics.not_stored(rm, NoStoreReason::TooLarge);
+                self.metrics
+                    .not_stored(rm, NoStoreReason::TooLarge.as_str());
                 parts.headers.insert(
                     CACHE_STATUS,
                     respond::not_stored(status, NoStoreReason::TooLarge),
@@ -331,9 +418,13 @@ impl Proxy {
             }
         };
 
-        let entry = Arc::new(build_entry(route, parts, body, ttl, tags, clock::now_ms()));
+        let now = clock::now_ms();
+        let entry = Arc::new(build_entry(route, parts, body, ttl, tags, now));
         self.l1.insert(key, entry.clone());
         guard.complete(FillState::Done(entry.clone()));
+        if let (Some(l2), Some((l2key, token))) = (&self.l2, lease.take()) {
+            l2.put(&l2key, &token, &entry, now).await;
+        }
         let left = entry.ttl_ms.saturating_sub(entry.initial_age * 1000) / 1000;
         let served = Served::Stored { fwd_status: status };
         let resp = respond::from_entry(
@@ -461,6 +552,44 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// What the leader of a fill holds: the key, its rendered tags, the L2 lease (if this pod
+/// won it) and the coalescing guard that releases the followers.
+struct Fill {
+    key: CacheKey,
+    tags: Vec<String>,
+    lease: Option<(L2Key, String)>,
+    guard: crate::cache::coalesce::FillGuard,
+}
+
+/// A fill lease not yet used: released in the background when the fill ends without a put.
+struct LeaseGuard {
+    l2: Option<L2>,
+    lease: Option<(L2Key, String)>,
+}
+
+impl LeaseGuard {
+    fn take(&mut self) -> Option<(L2Key, String)> {
+        self.lease.take()
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let (Some(l2), Some((key, token))) = (self.l2.take(), self.lease.take()) {
+            tokio::spawn(async move { l2.release(&key, &token).await });
+        }
+    }
+}
+
+fn l2_read_label(r: &L2Read) -> &'static str {
+    match r {
+        L2Read::Hit(_) => "hit",
+        L2Read::Miss => "miss",
+        L2Read::Corrupt => "corrupt",
+        L2Read::Unavailable => "unavailable",
+    }
 }
 
 enum Collected {

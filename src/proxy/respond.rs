@@ -26,6 +26,8 @@ const NOT_MODIFIED_FIELDS: [HeaderName; 6] = [
 pub enum Served {
     /// Found fresh in L1.
     Hit,
+    /// Found fresh in L2 (Redis).
+    HitL2,
     /// Fetched by this request and stored.
     Stored { fwd_status: u16 },
     /// Fetched by a concurrent request; this one waited for it.
@@ -74,6 +76,7 @@ fn cache_status(served: Served, ttl_left: u64) -> HeaderValue {
     let mut s = String::with_capacity(64);
     match served {
         Served::Hit => s.push_str("sidecache; hit"),
+        Served::HitL2 => s.push_str("sidecache; hit; detail=l2"),
         Served::Stored { fwd_status } => {
             let _ = write!(s, "sidecache; fwd=miss; fwd-status={fwd_status}; stored");
         }

@@ -26,6 +26,8 @@ use sidecache::app::{App, Running};
 use sidecache::config::Config;
 use tokio::net::TcpListener;
 
+pub mod redis;
+
 /// A request as the origin received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -211,6 +213,9 @@ impl Sidecache {
     }
 
     pub async fn start_with(config: Config) -> Sidecache {
+        if std::env::var_os("SIDECACHE_TEST_LOG").is_some() {
+            sidecache::telemetry::init(&config.log);
+        }
         let running = App::build(config).start().await.unwrap();
         Sidecache {
             proxy: running.proxy_addr,
@@ -318,4 +323,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `[l2]` TOML for a standalone Redis at `url`, with short timeouts fit for tests.
+pub fn l2_standalone(url: &str) -> String {
+    format!("[l2]\nurl = \"{url}\"\ntimeout = \"200ms\"\nbreaker_open = \"200ms\"\nbreaker_failures = 3\n")
 }

@@ -1,0 +1,206 @@
+//! The L2 entry format: compact, binary, versioned.
+//!
+//! ```text
+//! "SC" version:u8=1
+//! status:u16 stored_at_ms:u64 initial_age:u64 ttl_ms:u64 last_modified:u64
+//! etag:(u16 len, bytes)
+//! headers:u16 count, each (u16 name len, name, u32 value len, value)
+//! tags:u16 count, each (u16 len, bytes)
+//! body:(u32 len, bytes)
+//! ```
+//! All integers big-endian. A reader meets an unknown version or any inconsistency as a
+//! [`DecodeError`] and treats the value as a miss; the next fill overwrites it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::Entry;
+
+const MAGIC: &[u8; 2] = b"SC";
+pub const VERSION: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    NotAnEntry,
+    UnknownVersion(u8),
+    Truncated,
+    Invalid(&'static str),
+}
+
+pub fn encode(e: &Entry) -> Bytes {
+    let mut b = BytesMut::with_capacity(e.body.len() + 64 * (e.headers.len() + 1));
+    b.put_slice(MAGIC);
+    b.put_u8(VERSION);
+    b.put_u16(e.status.as_u16());
+    b.put_u64(e.stored_at_ms);
+    b.put_u64(e.initial_age);
+    b.put_u64(e.ttl_ms);
+    b.put_u64(e.last_modified);
+    put16(&mut b, e.etag.as_bytes());
+    b.put_u16(e.headers.len() as u16);
+    for (k, v) in &e.headers {
+        put16(&mut b, k.as_str().as_bytes());
+        b.put_u32(v.len() as u32);
+        b.put_slice(v.as_bytes());
+    }
+    b.put_u16(e.tags.len() as u16);
+    for t in &e.tags {
+        put16(&mut b, t.as_bytes());
+    }
+    b.put_u32(e.body.len() as u32);
+    b.put_slice(&e.body);
+    b.freeze()
+}
+
+fn put16(b: &mut BytesMut, s: &[u8]) {
+    let s = &s[..s.len().min(u16::MAX as usize)];
+    b.put_u16(s.len() as u16);
+    b.put_slice(s);
+}
+
+struct Reader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        if self.buf.len() - self.pos < n {
+            return Err(DecodeError::Truncated);
+        }
+        let out = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(
+            self.take(2)?[..].try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?[..].try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?[..].try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn bytes16(&mut self) -> Result<Bytes, DecodeError> {
+        let n = self.u16()? as usize;
+        self.take(n)
+    }
+}
+
+pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
+    if buf.len() < 3 || &buf[..2] != MAGIC {
+        return Err(DecodeError::NotAnEntry);
+    }
+    if buf[2] != VERSION {
+        return Err(DecodeError::UnknownVersion(buf[2]));
+    }
+    let mut r = Reader { buf, pos: 3 };
+    let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid("status"))?;
+    let stored_at_ms = r.u64()?;
+    let initial_age = r.u64()?;
+    let ttl_ms = r.u64()?;
+    let last_modified = r.u64()?;
+    let etag =
+        HeaderValue::from_maybe_shared(r.bytes16()?).map_err(|_| DecodeError::Invalid("etag"))?;
+    let n = r.u16()? as usize;
+    let mut headers = HeaderMap::with_capacity(n);
+    for _ in 0..n {
+        let name = HeaderName::from_bytes(&r.bytes16()?)
+            .map_err(|_| DecodeError::Invalid("header name"))?;
+        let len = r.u32()? as usize;
+        let value = HeaderValue::from_maybe_shared(r.take(len)?)
+            .map_err(|_| DecodeError::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+    let n = r.u16()? as usize;
+    let mut tags = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = r.bytes16()?;
+        tags.push(String::from_utf8(t.to_vec()).map_err(|_| DecodeError::Invalid("tag"))?);
+    }
+    let len = r.u32()? as usize;
+    let body = r.take(len)?;
+    if r.pos != r.buf.len() {
+        return Err(DecodeError::Invalid("trailing bytes"));
+    }
+    Ok(Entry {
+        status,
+        headers,
+        body,
+        etag,
+        last_modified,
+        stored_at_ms,
+        initial_age,
+        ttl_ms,
+        tags,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        Entry {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"{\"a\":1}"),
+            etag: HeaderValue::from_static("\"abc\""),
+            last_modified: 1_700_000_000,
+            stored_at_ms: 1_700_000_000_123,
+            initial_age: 3,
+            ttl_ms: 60_000,
+            tags: vec!["group:VIP".into(), "group:VIP:EURUSD".into()],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let e = entry();
+        let d = decode(encode(&e)).unwrap();
+        assert_eq!(d.status, e.status);
+        assert_eq!(d.headers, e.headers);
+        assert_eq!(d.body, e.body);
+        assert_eq!(d.etag, e.etag);
+        assert_eq!(
+            (d.last_modified, d.stored_at_ms, d.initial_age, d.ttl_ms),
+            (e.last_modified, e.stored_at_ms, e.initial_age, e.ttl_ms)
+        );
+        assert_eq!(d.tags, e.tags);
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_rejected() {
+        assert_eq!(
+            decode(Bytes::from_static(b"hello")).unwrap_err(),
+            DecodeError::NotAnEntry
+        );
+        let mut v = encode(&entry()).to_vec();
+        v[2] = 9;
+        assert_eq!(
+            decode(Bytes::from(v)).unwrap_err(),
+            DecodeError::UnknownVersion(9)
+        );
+        let full = encode(&entry());
+        for cut in [3, 10, 40, full.len() - 1] {
+            assert!(decode(full.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut extra = full.to_vec();
+        extra.push(0);
+        assert!(decode(Bytes::from(extra)).is_err());
+    }
+}
