@@ -82,8 +82,7 @@ fn group_body() -> Bytes {
         r#""swap":{"long":-6.91,"short":1.23,"triple_day":"wednesday","mode":"points"},"#,
         r#""margin":{"initial":0.01,"maintenance":0.005,"hedged":0.5,"leverage":100},"#,
         r#""volume":{"min":0.01,"max":100.0,"step":0.01,"limit":1000.0},"#,
-        r#""trade_mode":"full","execution":"market","gtc_mode":"cancelled","#,
-        r#""sessions":{"quote":"00:00-24:00","trade":"00:05-23:55"},"#,
+        r#""trade_mode":"full","execution":"market","#,
         r#""updated_at":"2025-01-15T09:30:00Z","version":42}"#
     );
     Bytes::from_static(body.as_bytes())
@@ -121,6 +120,7 @@ fn group_entry() -> Entry {
         initial_age: 0,
         ttl_ms: 3_600_000,
         tags: vec!["group:VIP".into(), "group:VIP:EURUSD".into()],
+        path: PATH.to_string(),
     }
 }
 
@@ -137,7 +137,12 @@ fn benches(c: &mut Criterion) {
     let config = Config::parse(CONFIG).expect("bench config is valid");
     let router = Router::new(&config.routes);
     let req_headers = request_headers();
-    let l1 = L1::new(config.l1.max_bytes, |_| {});
+    let l1 = L1::new(
+        config.l1.max_bytes,
+        config.l1.max_age,
+        config.pubsub.degraded_max_age,
+        |_| {},
+    );
 
     let m = router
         .find(&Method::GET, PATH)
@@ -150,7 +155,7 @@ fn benches(c: &mut Criterion) {
         "{}",
         entry.body.len()
     );
-    l1.insert(key, entry.clone());
+    assert!(l1.insert_fill(key, entry.clone(), l1.begin_fill()));
     assert!(l1.get(&key).is_some());
 
     let mut g = c.benchmark_group("hit_path");

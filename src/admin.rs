@@ -1,16 +1,37 @@
-//! The admin listener: `/healthz` (the process is alive), `/readyz` (the proxy accepts
-//! traffic; never depends on Redis or the upstream), `/metrics` (Prometheus text).
-//! It runs on its own port so that probes and scrapes never queue behind proxied traffic.
+//! The admin listener, on its own port so that probes and scrapes never queue behind proxied
+//! traffic:
+//!
+//! - `GET /healthz`: the process is alive.
+//! - `GET /readyz`: the proxy accepts traffic (never depends on Redis or the upstream).
+//! - `GET /metrics`: Prometheus text.
+//! - `POST /admin/purge` (bearer token): `{"keys": [urls], "tags": [...], "all": bool}`,
+//!   applied here, in L2, and propagated to every pod.
+//! - `GET /admin/cache/stats`: entries, bytes, hits, misses and invalidations per tier.
+//! - `GET /admin/cache/explain?url=...`: route, key, scope, tags, which tier holds it, age,
+//!   TTL left, and why it would not be cached. The admin request's own headers stand in for
+//!   the caller's (send `Authorization` to explain an identity-scoped URL).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-use crate::cache::L1;
+use crate::cache::policy::{self, Freshness};
+use crate::cache::{clock, key, L2Read, L1};
+use crate::config::Scope;
+use crate::invalidate::{Invalidator, Source, Target};
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
+use crate::proxy::Proxy;
+
+/// Largest purge request body.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 /// Readiness: a latch set once the proxy listener is up, and a drain flag set on shutdown.
 #[derive(Debug, Default)]
@@ -38,23 +59,37 @@ pub struct Admin {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub l1: L1,
+    pub invalidator: Arc<Invalidator>,
+    pub proxy: Arc<Proxy>,
+    /// Bearer token of mutating endpoints; `None` disables them.
+    pub token: Option<String>,
+}
+
+/// `POST /admin/purge` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Purge {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    all: bool,
 }
 
 impl Admin {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        }
-        match req.uri().path() {
-            "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" => {
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET | Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (Method::GET | Method::HEAD, "/readyz") => {
                 if self.health.is_ready() {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }
-            "/metrics" => {
+            (Method::GET, "/metrics") => {
                 let (entries, bytes) = self.l1.usage();
                 self.metrics.set_l1_usage(entries, bytes);
                 let mut resp = Response::new(Body::full(self.metrics.render()));
@@ -64,9 +99,249 @@ impl Admin {
                 );
                 resp
             }
+            (Method::POST, "/admin/purge") => self.purge(req).await,
+            (Method::GET, "/admin/cache/stats") => self.stats(),
+            (Method::GET, "/admin/cache/explain") => self.explain(&req).await,
+            (
+                _,
+                "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | "/admin/purge"
+                | "/admin/cache/stats"
+                | "/admin/cache/explain",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+
+    /// `None` when the request carries the admin token, else the refusal to send.
+    fn refused(&self, headers: &HeaderMap) -> Option<Response<Body>> {
+        let Some(token) = &self.token else {
+            return Some(json_response(
+                StatusCode::FORBIDDEN,
+                json!({"error": "admin_token_not_configured", "message": "set SIDECACHE_ADMIN_TOKEN or [admin] token_file to enable mutating endpoints"}),
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+            _ => {
+                let mut r = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"error": "unauthorized", "message": "send Authorization: Bearer <admin token>"}),
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Some(r)
+            }
+        }
+    }
+
+    async fn purge(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(denied) = self.refused(req.headers()) {
+            return denied;
+        }
+        let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return bad_request("body unreadable or over 64KiB"),
+        };
+        let purge: Purge = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => return bad_request(&format!("body is not a purge request: {e}")),
+        };
+        if purge.keys.is_empty() && purge.tags.is_empty() && !purge.all {
+            return bad_request("give at least one of `keys`, `tags`, `all`");
+        }
+        let mut target = Target {
+            tags: purge.tags,
+            keys: Vec::new(),
+            all: purge.all,
+        };
+        let mut errors = Vec::new();
+        for url in &purge.keys {
+            match self.invalidator.key_of(url) {
+                Ok(k) => target.keys.push(k),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "bad_keys", "problems": errors}),
+            );
+        }
+        let summary = json!({"purged": {"keys": target.keys.len(), "tags": target.tags.len(), "all": target.all}});
+        self.invalidator
+            .invalidate(target, Source::Admin, false)
+            .await;
+        json_response(StatusCode::OK, summary)
+    }
+
+    fn stats(&self) -> Response<Body> {
+        let (entries, bytes) = self.l1.usage();
+        let outcomes = self.metrics.totals("sidecache_requests_total", "cache");
+        let l2 = self.metrics.totals("sidecache_l2_lookups_total", "result");
+        let sources = self
+            .metrics
+            .totals("sidecache_invalidations_total", "source");
+        let removed = self
+            .metrics
+            .totals("sidecache_invalidated_entries_total", "tier");
+        let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        json_response(
+            StatusCode::OK,
+            json!({
+                "l1": {
+                    "entries": entries,
+                    "bytes": bytes,
+                    "hits": get(&outcomes, "hit"),
+                    "misses": get(&outcomes, "miss") + get(&outcomes, "collapsed") + get(&outcomes, "hit_l2") + get(&outcomes, "uncacheable"),
+                    "degraded": self.l1.is_degraded(),
+                    "invalidated_entries": get(&removed, "l1"),
+                },
+                "l2": {
+                    "configured": self.invalidator.l2().is_some(),
+                    "hits": get(&l2, "hit"),
+                    "misses": get(&l2, "miss") + get(&l2, "corrupt"),
+                    "unavailable": get(&l2, "unavailable"),
+                    "invalidated_entries": get(&removed, "l2"),
+                },
+                "invalidations": sources,
+            }),
+        )
+    }
+
+    async fn explain(&self, req: &Request<Incoming>) -> Response<Body> {
+        let Some(url) = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("url=")))
+        else {
+            return bad_request("give ?url=/path/to/explain");
+        };
+        let url = percent_decode(url);
+        let (path, query) = match url.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (url.as_str(), None),
+        };
+        let Some(m) = self.proxy.router().find(&Method::GET, path) else {
+            return json_response(
+                StatusCode::OK,
+                json!({"url": url, "route": null, "cached": false, "reason": "no cached route matches: forwarded untouched"}),
+            );
+        };
+        let route = &m.route.config;
+        let tags = crate::route::render_tags(&route.tags, &route.matcher.params, &m.params);
+        let mut out = json!({
+            "url": url,
+            "route": route.name,
+            "match": route.matcher.text,
+            "scope": route.scope.as_str(),
+            "ttl_seconds": route.ttl.as_secs(),
+            "tags": tags,
+        });
+        let key = match key::derive(route, m.params.as_slice(), query, req.headers()) {
+            Ok(k) => k,
+            Err(key::KeyError::NoIdentity) => {
+                out["cached"] = json!(false);
+                out["reason"] = json!(format!(
+                    "identity-scoped: a request without `{}` is never cached (send it with this request to explain its entry)",
+                    route.identity_header
+                ));
+                return json_response(StatusCode::OK, out);
+            }
+        };
+        out["key"] = json!(key.to_string());
+        let now = clock::now_ms();
+        let describe = |e: &crate::cache::Entry| match policy::freshness(
+            e.stored_at_ms,
+            e.initial_age,
+            e.ttl_ms,
+            now,
+        ) {
+            Freshness::Fresh {
+                age_secs,
+                ttl_left_secs,
+            } => {
+                json!({"present": true, "status": e.status.as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body.len(), "etag": e.etag.to_str().unwrap_or("")})
+            }
+            Freshness::Stale => json!({"present": true, "stale": true}),
+        };
+        out["l1"] = self
+            .l1
+            .get(&key)
+            .map_or_else(|| json!({"present": false}), |e| describe(&e));
+        if let Some(l2) = self.invalidator.l2() {
+            out["l2"] = match l2.key(key, &tags).await {
+                None => json!({"present": null, "error": "redis unavailable"}),
+                Some(k) => match l2.get(&k).await {
+                    L2Read::Hit(e) => describe(&e),
+                    L2Read::Miss => json!({"present": false}),
+                    L2Read::Corrupt => json!({"present": false, "corrupt": true}),
+                    L2Read::Unavailable => json!({"present": null, "error": "redis unavailable"}),
+                },
+            };
+        }
+        out["cached"] =
+            json!(out["l1"]["present"] == json!(true) || out["l2"]["present"] == json!(true));
+        if route.scope == Scope::Shared {
+            out["not_stored_when"] = json!("the response has Set-Cookie, Cache-Control no-store/no-cache/private, max-age=0, a status outside the route's list, a Vary on a header not in the key, or a body over l1.max_entry_bytes");
+        }
+        json_response(StatusCode::OK, out)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response<Body> {
+    let mut resp = Response::new(Body::full(Bytes::from(v.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": "bad_request", "message": message}),
+    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -77,4 +352,23 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_and_token_comparison() {
+        assert_eq!(
+            percent_decode("%2Fapi%2Fgroups%2FVIP%3Fa%3D1"),
+            "/api/groups/VIP?a=1"
+        );
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%4"), "end%4");
+        assert_eq!(percent_decode("%é"), "%é");
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
 }

@@ -17,9 +17,12 @@ use tokio::task::JoinHandle;
 use crate::admin::{Admin, Health};
 use crate::cache::{L1, L2};
 use crate::config::Config;
+use crate::invalidate::pubsub::Subscriber;
+use crate::invalidate::Invalidator;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::redis::Redis;
+use crate::route::Router;
 use crate::server::{self, ConnSettings};
 
 /// The components built from a config, not yet listening.
@@ -49,23 +52,75 @@ impl App {
         let metrics = Arc::new(Metrics::new(&names));
         let l1 = {
             let metrics = metrics.clone();
-            L1::new(config.l1.max_bytes, move |cause| metrics.l1_removed(cause))
+            let degraded_max_age = config.pubsub.degraded_max_age;
+            L1::new(
+                config.l1.max_bytes,
+                config.l1.max_age,
+                degraded_max_age,
+                move |cause| metrics.l1_removed(cause),
+            )
         };
         let pod_id = pod_id();
         let l2 = config.l2.as_ref().map(|c| {
             let redis = Redis::start(c, metrics.clone());
             L2::new(redis, c, &pod_id)
         });
-        let proxy = Arc::new(Proxy::new(&config, l1.clone(), l2, metrics.clone()));
+        if l2.is_some() {
+            // Until the subscription is up, invalidations from other pods cannot arrive.
+            l1.enter_degraded();
+        }
+        let router = Arc::new(Router::new(&config.routes));
+        let invalidator = Arc::new(Invalidator::new(
+            l1.clone(),
+            l2.clone(),
+            router.clone(),
+            &pod_id,
+            &config.pubsub.channel,
+            metrics.clone(),
+        ));
+        let proxy = Arc::new(Proxy::new(
+            &config,
+            router,
+            l1.clone(),
+            l2,
+            invalidator.clone(),
+            metrics.clone(),
+        ));
         let admin = Admin {
             health: Arc::new(Health::default()),
             metrics,
             l1,
+            invalidator,
+            proxy: proxy.clone(),
+            token: config.admin.token.clone(),
         };
         App {
             config,
             proxy,
             admin,
+        }
+    }
+
+    /// Background work that lives as long as the process: the pub/sub subscriber (with L2)
+    /// and the periodic sweep of L1's tag index.
+    fn spawn_background(&self) {
+        let l1 = self.admin.l1.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                l1.sweep_index();
+            }
+        });
+        if let Some(l2) = &self.config.l2 {
+            let subscriber = Subscriber {
+                invalidator: self.admin.invalidator.clone(),
+                events: self.config.events.clone(),
+                pubsub: self.config.pubsub.clone(),
+                l2: l2.clone(),
+                metrics: self.admin.metrics.clone(),
+            };
+            tokio::spawn(subscriber.run());
         }
     }
 
@@ -94,6 +149,8 @@ impl App {
 
         let proxy_listener = bind(self.config.listen.proxy, "listen.proxy").await?;
         let proxy_addr = proxy_listener.local_addr()?;
+        self.admin.invalidator.set_proxy_addr(proxy_addr);
+        self.spawn_background();
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let proxy = self.proxy.clone();
         let proxy_task = tokio::spawn(server::serve(
@@ -115,10 +172,17 @@ impl App {
             if !warmup.gate_readiness {
                 health.set_ready();
             }
+            let l1 = self.admin.l1.clone();
             tokio::spawn(async move {
-                let done =
-                    tokio::time::timeout(warmup.timeout, crate::warmup::run(&warmup, proxy_addr))
-                        .await;
+                let work = async {
+                    // Warming before the subscription is up would be wasted: subscribing drops
+                    // L1 (what was stored before may have missed invalidations).
+                    while l1.is_degraded() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    crate::warmup::run(&warmup, proxy_addr).await
+                };
+                let done = tokio::time::timeout(warmup.timeout, work).await;
                 match done {
                     Ok((ok, failed)) => tracing::info!(ok, failed, "Warmup finished."),
                     Err(_) => {

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `main → app → {proxy, admin, server} → {route, cache, warmup}
+//! Dependencies point one way: `main → app → {proxy, admin, server} → {invalidate, route, cache, warmup}
 //! → redis → {config, metrics, error}`.
 //!
 //! - [`config`]: the file format, environment overrides, and validation that lists every problem.
@@ -13,7 +13,8 @@
 //! - [`proxy`]: the request phases (route → key → lookup → coalesce → forward → store →
 //!   respond) and the one place errors become responses.
 //! - [`cache`]: keys, pure freshness and storability policy, entries, L1, coalescing.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own port.
+//! - [`invalidate`]: write-through rules, events, admin purges, the cross-pod channel and gaps.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/admin/*` on their own port.
 //! - [`metrics`]: every Prometheus family, registered in one place.
 //! - [`server`]: HTTP/1.1 serving with graceful shutdown, for both listeners.
 //! - [`redis`]: one Redis client (standalone, Sentinel, Cluster) with timeouts and a breaker.
@@ -33,6 +34,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod invalidate;
 pub mod metrics;
 pub mod proxy;
 pub mod redis;

@@ -53,6 +53,11 @@ pub struct Metrics {
     l2_lease_waits: IntCounterVec,
     l2_lookups: IntCounterVec,
     breaker_state: IntGaugeVec,
+    invalidations: IntCounterVec,
+    invalidated_entries: IntCounterVec,
+    pubsub_connected: IntGauge,
+    pubsub_messages: IntCounterVec,
+    pubsub_lag: Histogram,
     routes: Vec<RouteMetrics>,
 }
 
@@ -168,6 +173,40 @@ impl Metrics {
             &["state"],
         )
         .unwrap();
+        let invalidations = IntCounterVec::new(
+            Opts::new(
+                "sidecache_invalidations_total",
+                "Invalidations applied, by source (write, event, admin, peer, gap).",
+            ),
+            &["source"],
+        )
+        .unwrap();
+        let invalidated_entries = IntCounterVec::new(
+            Opts::new(
+                "sidecache_invalidated_entries_total",
+                "Entries removed by invalidations, by tier (l1, l2).",
+            ),
+            &["tier"],
+        )
+        .unwrap();
+        let pubsub_connected = IntGauge::new(
+            "sidecache_pubsub_connected",
+            "1 while subscribed to the invalidation channel, 0 during a gap.",
+        )
+        .unwrap();
+        let pubsub_messages = IntCounterVec::new(
+            Opts::new("sidecache_pubsub_messages_total", "Pub/sub messages received, by kind (peer, event) and result (applied, ignored, rejected)."),
+            &["kind", "result"],
+        )
+        .unwrap();
+        let pubsub_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "sidecache_pubsub_lag_seconds",
+                "Time from another pod publishing an invalidation to this pod applying it.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap();
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "sidecache_build_info",
@@ -195,6 +234,11 @@ impl Metrics {
             Box::new(l2_lease_waits.clone()),
             Box::new(l2_lookups.clone()),
             Box::new(breaker_state.clone()),
+            Box::new(invalidations.clone()),
+            Box::new(invalidated_entries.clone()),
+            Box::new(pubsub_connected.clone()),
+            Box::new(pubsub_messages.clone()),
+            Box::new(pubsub_lag.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -221,6 +265,11 @@ impl Metrics {
             l2_lease_waits,
             l2_lookups,
             breaker_state,
+            invalidations,
+            invalidated_entries,
+            pubsub_connected,
+            pubsub_messages,
+            pubsub_lag,
             routes,
         }
     }
@@ -324,9 +373,47 @@ impl Metrics {
         }
     }
 
+    pub fn invalidation(&self, source: &str) {
+        self.invalidations.with_label_values(&[source]).inc();
+    }
+
+    pub fn invalidated_entries(&self, tier: &str, n: u64) {
+        self.invalidated_entries
+            .with_label_values(&[tier])
+            .inc_by(n);
+    }
+
+    pub fn set_pubsub_connected(&self, connected: bool) {
+        self.pubsub_connected.set(i64::from(connected));
+    }
+
+    pub fn pubsub_message(&self, kind: &str, result: &str) {
+        self.pubsub_messages
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    pub fn pubsub_lag(&self, seconds: f64) {
+        self.pubsub_lag.observe(seconds);
+    }
+
     pub fn set_l1_usage(&self, entries: u64, bytes: u64) {
         self.l1_entries.set(entries as i64);
         self.l1_bytes.set(bytes as i64);
+    }
+
+    /// Sums of the counter family `name` by the value of `label` (admin stats).
+    pub fn totals(&self, name: &str, label: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.registry.gather().iter().filter(|f| f.name() == name) {
+            for m in family.get_metric() {
+                if let Some(l) = m.get_label().iter().find(|l| l.name() == label) {
+                    *out.entry(l.value().to_string()).or_insert(0) +=
+                        m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        out
     }
 
     /// The Prometheus text exposition of every family.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::config::{RouteConfig, Segment, MAX_PARAMS};
+use crate::config::{RouteConfig, Segment, Template, MAX_PARAMS};
 
 /// A compiled route: its index (stable for the life of the router) and its policy.
 #[derive(Debug)]
@@ -46,6 +46,20 @@ impl<'p> Params<'p> {
 pub struct RouteMatch<'r, 'p> {
     pub route: &'r Arc<Route>,
     pub params: Params<'p>,
+}
+
+/// Renders tag templates from the params of one match (`names` in template order).
+pub fn render_tags(tags: &[Template], names: &[String], params: &Params<'_>) -> Vec<String> {
+    tags.iter()
+        .filter_map(|t| {
+            t.render(|field| {
+                names
+                    .iter()
+                    .position(|n| n == field)
+                    .map(|i| params.values[i])
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +100,8 @@ impl Router {
     }
 }
 
-fn match_segments<'p>(template: &[Segment], path: &'p str) -> Option<Params<'p>> {
+/// Matches a path (without its leading `/`) against template segments.
+pub fn match_segments<'p>(template: &[Segment], path: &'p str) -> Option<Params<'p>> {
     let mut params = Params {
         values: [""; MAX_PARAMS],
         len: 0,

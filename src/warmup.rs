@@ -1,4 +1,4 @@
-//! Warm start: fetch the configured paths through our own proxy listener at start, so they
+//! Warm start (and refresh after invalidation): fetch the configured paths through our own proxy listener at start, so they
 //! land in L1 (from L2 when another pod already filled them, else from the upstream) before
 //! real traffic arrives. Going through the listener means warmup takes exactly the path a
 //! real request takes: route, key, L2, coalescing, store.
@@ -14,12 +14,18 @@ use tokio::sync::Semaphore;
 
 use crate::config::WarmupConfig;
 
-/// Fetches every path with at most `concurrency` in flight; returns (ok, failed) counts.
+/// Fetches every configured path; returns (ok, failed) counts.
 pub async fn run(config: &WarmupConfig, proxy: SocketAddr) -> (usize, usize) {
+    fetch_all(&config.paths, config.concurrency, proxy).await
+}
+
+/// GETs every path through the proxy listener with at most `concurrency` in flight (warmup,
+/// and refresh after invalidation); returns (ok, failed) counts.
+pub async fn fetch_all(paths: &[String], concurrency: usize, proxy: SocketAddr) -> (usize, usize) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for path in &config.paths {
+    for path in paths {
         let (client, permits) = (client.clone(), permits.clone());
         let uri = format!("http://{proxy}{path}");
         tasks.spawn(async move {

@@ -6,6 +6,7 @@
 //! etag:(u16 len, bytes)
 //! headers:u16 count, each (u16 name len, name, u32 value len, value)
 //! tags:u16 count, each (u16 len, bytes)
+//! path:(u16 len, bytes)
 //! body:(u32 len, bytes)
 //! ```
 //! All integers big-endian. A reader meets an unknown version or any inconsistency as a
@@ -47,6 +48,7 @@ pub fn encode(e: &Entry) -> Bytes {
     for t in &e.tags {
         put16(&mut b, t.as_bytes());
     }
+    put16(&mut b, e.path.as_bytes());
     b.put_u32(e.body.len() as u32);
     b.put_slice(&e.body);
     b.freeze()
@@ -128,6 +130,8 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
         let t = r.bytes16()?;
         tags.push(String::from_utf8(t.to_vec()).map_err(|_| DecodeError::Invalid("tag"))?);
     }
+    let path =
+        String::from_utf8(r.bytes16()?.to_vec()).map_err(|_| DecodeError::Invalid("path"))?;
     let len = r.u32()? as usize;
     let body = r.take(len)?;
     if r.pos != r.buf.len() {
@@ -143,6 +147,7 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
         initial_age,
         ttl_ms,
         tags,
+        path,
     })
 }
 
@@ -165,6 +170,7 @@ mod tests {
             initial_age: 3,
             ttl_ms: 60_000,
             tags: vec!["group:VIP".into(), "group:VIP:EURUSD".into()],
+            path: "/api/groups/VIP/EURUSD?x=1".into(),
         }
     }
 
@@ -181,6 +187,7 @@ mod tests {
             (e.last_modified, e.stored_at_ms, e.initial_age, e.ttl_ms)
         );
         assert_eq!(d.tags, e.tags);
+        assert_eq!(d.path, e.path);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Entry {
     pub ttl_ms: u64,
     /// The rendered tags of this entry (`group:VIP`, ...), for invalidation.
     pub tags: Vec<String>,
+    /// The request path and query that produced it: refresh-after-invalidation fetches it
+    /// again, and `explain` shows it. Not part of any Redis key.
+    pub path: String,
 }
 
 impl Entry {
@@ -38,7 +41,7 @@ impl Entry {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
+        let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum::<usize>() + self.path.len();
         (self.body.len() + headers + tags + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32
     }
 }

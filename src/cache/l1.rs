@@ -1,9 +1,21 @@
-//! L1: the in-process tier, a moka cache weighted by bytes with a per-entry expiry.
+//! L1: the in-process tier, a moka cache weighted by bytes with a per-entry expiry, plus the
+//! tag book that makes invalidation exact and fills safe.
 //!
-//! moka's clock cannot be driven from outside, so expiry here only bounds memory; whether an
-//! entry may be *served* is decided by `policy::freshness` with an explicit `now`.
+//! moka's clock cannot be driven from outside, so expiry here only bounds memory (and applies
+//! the hard `max_age`); whether an entry may be *served* is decided by `policy::freshness`
+//! with an explicit `now`.
+//!
+//! # No stale write-back
+//!
+//! A fill takes a [`FillTicket`] (the invalidation epoch) *before* it reads L2 or the
+//! upstream. [`L1::insert_fill`] stores its result only if no invalidation of the entry's key,
+//! of one of its tags, or of everything happened since the ticket; it checks before the insert
+//! and again after (an invalidation may run between), so an invalidation is always either seen
+//! by the fill or sees the fill's entry in the index and removes it.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -12,61 +24,236 @@ use moka::Expiry;
 
 use super::{clock, CacheKey, Entry};
 
+/// The value stored in moka: the entry and how long L1 may keep it.
+#[derive(Clone)]
+struct Slot {
+    entry: Arc<Entry>,
+    max_age: Duration,
+}
+
+/// Invalidation records are kept this long; a fill older than this is not stored at all,
+/// since the records it would need to be checked against may be gone.
+const RECORD_HORIZON: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct L1 {
-    cache: Cache<CacheKey, Arc<Entry>>,
+    cache: Cache<CacheKey, Slot>,
+    state: Arc<State>,
 }
 
 impl std::fmt::Debug for L1 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("L1")
             .field("entries", &self.cache.entry_count())
+            .field("degraded", &self.is_degraded())
             .finish()
     }
 }
 
-/// Expires each entry when its freshness lifetime ends.
+struct State {
+    /// True while invalidation messages may be missed (not subscribed): entries stored then
+    /// live at most `degraded_max_age`, which bounds how stale they can get.
+    degraded: AtomicBool,
+    max_age: Duration,
+    degraded_max_age: Duration,
+    // A std Mutex: held for map operations only, never across an await nor a moka call that
+    // could call back into it (the eviction listener never takes it).
+    book: Mutex<TagBook>,
+}
+
+#[derive(Default)]
+struct TagBook {
+    /// Bumped by every invalidation.
+    epoch: u64,
+    /// The keys in L1 carrying each tag.
+    index: HashMap<String, HashSet<CacheKey>>,
+    /// When each tag / key was last invalidated (epoch, time), for fill checks.
+    tag_epochs: HashMap<String, (u64, Instant)>,
+    key_epochs: HashMap<CacheKey, (u64, Instant)>,
+    /// The epoch of the last clear.
+    all_epoch: u64,
+}
+
+/// Taken before a fill starts reading; presented when it stores.
+#[derive(Debug, Clone, Copy)]
+pub struct FillTicket {
+    epoch: u64,
+    taken: Instant,
+}
+
+/// Expires each entry when its freshness lifetime ends, or after its L1 `max_age`.
 struct ByTtl;
 
-impl Expiry<CacheKey, Arc<Entry>> for ByTtl {
-    fn expire_after_create(&self, _: &CacheKey, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+impl Expiry<CacheKey, Slot> for ByTtl {
+    fn expire_after_create(&self, _: &CacheKey, s: &Slot, _: Instant) -> Option<Duration> {
+        let e = &s.entry;
         let age_ms = clock::now_ms().saturating_sub(e.stored_at_ms) + e.initial_age * 1000;
-        Some(Duration::from_millis(e.ttl_ms.saturating_sub(age_ms)))
+        Some(Duration::from_millis(e.ttl_ms.saturating_sub(age_ms)).min(s.max_age))
+    }
+}
+
+impl TagBook {
+    fn stale(&self, ticket: FillTicket, key: &CacheKey, tags: &[String]) -> bool {
+        ticket.taken.elapsed() >= RECORD_HORIZON
+            || self.all_epoch > ticket.epoch
+            || self
+                .key_epochs
+                .get(key)
+                .is_some_and(|(e, _)| *e > ticket.epoch)
+            || tags.iter().any(|t| {
+                self.tag_epochs
+                    .get(t)
+                    .is_some_and(|(e, _)| *e > ticket.epoch)
+            })
+    }
+
+    fn prune(&mut self, now: Instant) {
+        if self.tag_epochs.len() + self.key_epochs.len() > 4096 {
+            self.tag_epochs
+                .retain(|_, (_, at)| now.duration_since(*at) < RECORD_HORIZON);
+            self.key_epochs
+                .retain(|_, (_, at)| now.duration_since(*at) < RECORD_HORIZON);
+        }
     }
 }
 
 impl L1 {
-    /// `on_removal` hears the cause of every removal (`expired`, `size`, ...), for metrics.
-    pub fn new(max_bytes: u64, on_removal: impl Fn(&'static str) + Send + Sync + 'static) -> L1 {
+    /// `max_bytes` of budget; entries kept at most `max_age` (`degraded_max_age` while
+    /// degraded); `on_removal` hears the cause of every removal (`expired`, `size`, ...).
+    pub fn new(
+        max_bytes: u64,
+        max_age: Duration,
+        degraded_max_age: Duration,
+        on_removal: impl Fn(&'static str) + Send + Sync + 'static,
+    ) -> L1 {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_, e: &Arc<Entry>| e.weight())
+            .weigher(|_, s: &Slot| s.entry.weight())
             .expire_after(ByTtl)
             .eviction_listener(move |_, _, cause| on_removal(removal_cause(cause)))
             .build();
-        L1 { cache }
+        L1 {
+            cache,
+            state: Arc::new(State {
+                degraded: AtomicBool::new(false),
+                max_age,
+                degraded_max_age,
+                book: Mutex::new(TagBook::default()),
+            }),
+        }
     }
 
+    /// The hit path: one map lookup.
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.cache.get(key)
+        self.cache.get(key).map(|s| s.entry)
     }
 
-    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
-        self.cache.insert(key, entry);
+    pub fn is_degraded(&self) -> bool {
+        self.state.degraded.load(Ordering::Acquire)
     }
 
-    pub fn remove(&self, key: &CacheKey) {
-        self.cache.invalidate(key);
+    /// Invalidations may have been missed from now on: drop everything, and keep what is
+    /// stored from here on only `degraded_max_age`.
+    pub fn enter_degraded(&self) {
+        self.state.degraded.store(true, Ordering::Release);
+        self.clear();
     }
 
+    /// Subscribed again: drop what was stored while messages could be missed, and go back to
+    /// the normal `max_age`.
+    pub fn leave_degraded(&self) {
+        self.clear();
+        self.state.degraded.store(false, Ordering::Release);
+    }
+
+    pub fn begin_fill(&self) -> FillTicket {
+        FillTicket {
+            epoch: self.state.book.lock().expect("tag book lock").epoch,
+            taken: Instant::now(),
+        }
+    }
+
+    /// Stores a fill's result unless an invalidation touching it happened since `ticket`.
+    /// Returns whether it was stored.
+    pub fn insert_fill(&self, key: CacheKey, entry: Arc<Entry>, ticket: FillTicket) -> bool {
+        if self.book().stale(ticket, &key, &entry.tags) {
+            return false;
+        }
+        let tags = entry.tags.clone();
+        let max_age = if self.is_degraded() {
+            self.state.degraded_max_age
+        } else {
+            self.state.max_age
+        };
+        self.cache.insert(key, Slot { entry, max_age });
+        let mut book = self.book();
+        if book.stale(ticket, &key, &tags) {
+            drop(book);
+            self.cache.invalidate(&key);
+            return false;
+        }
+        for t in tags {
+            book.index.entry(t).or_default().insert(key);
+        }
+        true
+    }
+
+    /// Removes every entry carrying one of `tags`, and the `keys`; records the invalidation so
+    /// that fills which started before it do not store. Returns the entries removed.
+    pub fn invalidate(&self, tags: &[String], keys: &[CacheKey]) -> Vec<Arc<Entry>> {
+        let now = Instant::now();
+        let mut victims: HashSet<CacheKey> = keys.iter().copied().collect();
+        {
+            let mut book = self.book();
+            book.epoch += 1;
+            let epoch = book.epoch;
+            for t in tags {
+                book.tag_epochs.insert(t.clone(), (epoch, now));
+                if let Some(ks) = book.index.remove(t) {
+                    victims.extend(ks);
+                }
+            }
+            for k in keys {
+                book.key_epochs.insert(*k, (epoch, now));
+            }
+            book.prune(now);
+        }
+        victims
+            .iter()
+            .filter_map(|k| self.cache.remove(k).map(|s| s.entry))
+            .collect()
+    }
+
+    /// Drops every entry; fills that started before do not store.
     pub fn clear(&self) {
+        {
+            let mut book = self.book();
+            book.epoch += 1;
+            book.all_epoch = book.epoch;
+            book.index.clear();
+        }
         self.cache.invalidate_all();
+    }
+
+    /// Forgets index entries of keys that left the cache (expired, evicted). The eviction
+    /// listener cannot do it without risking a re-entrant lock, so a periodic task does.
+    pub fn sweep_index(&self) {
+        let mut book = self.book();
+        let cache = &self.cache;
+        book.index.retain(|_, keys| {
+            keys.retain(|k| cache.contains_key(k));
+            !keys.is_empty()
+        });
     }
 
     /// (entries, bytes) after applying pending bookkeeping, for metrics and stats.
     pub fn usage(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, TagBook> {
+        self.state.book.lock().expect("tag book lock")
     }
 }
 
@@ -77,5 +264,86 @@ fn removal_cause(cause: RemovalCause) -> &'static str {
         RemovalCause::Explicit => "explicit",
         RemovalCause::Replaced => "replaced",
         RemovalCause::Size => "size",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, StatusCode};
+
+    fn entry(tags: &[&str]) -> Arc<Entry> {
+        Arc::new(Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+            etag: HeaderValue::from_static("\"x\""),
+            last_modified: 0,
+            stored_at_ms: clock::now_ms(),
+            initial_age: 0,
+            ttl_ms: 60_000,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            path: String::new(),
+        })
+    }
+
+    fn l1() -> L1 {
+        L1::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            |_| {},
+        )
+    }
+
+    #[test]
+    fn tag_invalidation_removes_exactly_the_tagged_entries() {
+        let c = l1();
+        let t = c.begin_fill();
+        assert!(c.insert_fill(CacheKey(1), entry(&["group:VIP", "group:VIP:EURUSD"]), t));
+        assert!(c.insert_fill(CacheKey(2), entry(&["group:VIP", "group:VIP:GBPUSD"]), t));
+        assert!(c.insert_fill(CacheKey(3), entry(&["group:STD"]), t));
+        assert_eq!(c.invalidate(&["group:VIP:EURUSD".into()], &[]).len(), 1);
+        assert!(c.get(&CacheKey(1)).is_none());
+        assert!(c.get(&CacheKey(2)).is_some());
+        assert_eq!(c.invalidate(&["group:VIP".into()], &[]).len(), 1);
+        assert!(c.get(&CacheKey(3)).is_some());
+        assert_eq!(c.invalidate(&[], &[CacheKey(3)]).len(), 1);
+        assert!(c.get(&CacheKey(3)).is_none());
+    }
+
+    #[test]
+    fn a_fill_that_started_before_an_invalidation_does_not_store() {
+        let c = l1();
+        let before = c.begin_fill();
+        c.invalidate(&["user:live:1".into()], &[]);
+        assert!(!c.insert_fill(CacheKey(1), entry(&["user:live:1"]), before));
+        assert!(c.get(&CacheKey(1)).is_none());
+        // Other tags are not affected, and a fill that starts afterwards stores.
+        assert!(c.insert_fill(CacheKey(2), entry(&["user:live:2"]), before));
+        assert!(c.insert_fill(CacheKey(1), entry(&["user:live:1"]), c.begin_fill()));
+        // Key invalidation and clear count too.
+        let t = c.begin_fill();
+        c.invalidate(&[], &[CacheKey(5)]);
+        assert!(!c.insert_fill(CacheKey(5), entry(&[]), t));
+        let t = c.begin_fill();
+        c.clear();
+        assert!(!c.insert_fill(CacheKey(6), entry(&[]), t));
+    }
+
+    #[test]
+    fn degraded_mode_drops_everything_on_entry_and_exit() {
+        let c = l1();
+        assert!(c.insert_fill(CacheKey(1), entry(&[]), c.begin_fill()));
+        c.enter_degraded();
+        assert!(c.get(&CacheKey(1)).is_none());
+        assert!(c.insert_fill(CacheKey(2), entry(&[]), c.begin_fill()));
+        assert!(c.get(&CacheKey(2)).is_some());
+        c.leave_degraded();
+        assert!(
+            c.get(&CacheKey(2)).is_none(),
+            "what was stored while degraded is dropped"
+        );
     }
 }

@@ -3,11 +3,17 @@
 //! Keys (never raw input: tags and cache keys are hashed):
 //!
 //! ```text
-//! {prefix}:{t:<hash(primary tag)>}:e:<key>   the entry (codec format), with a PX TTL
-//! {prefix}:{t:<hash(primary tag)>}:l:<key>   the fill lease: a token, SET NX PX lease
-//! {prefix}:{t:<hash(tag)>}:keys              the entries of one tag (a set), with a TTL
-//! {prefix}:{<key>}:e  {prefix}:{<key>}:l     entry and lease of a route without tags
+//! {prefix}:ns                                     the namespace number (purge-all bumps it)
+//! {prefix}:<ns>:{t:<hash(primary tag)>}:e:<key>   the entry (codec format), with a PX TTL
+//! {prefix}:<ns>:{t:<hash(primary tag)>}:l:<key>   the fill lease: a token, SET NX PX lease
+//! {prefix}:<ns>:{t:<hash(tag)>}:keys              the entries of one tag (a set), with a TTL
+//! {prefix}:<ns>:{<key>}:e  {prefix}:<ns>:{<key>}:l   entry and lease of a route without tags
 //! ```
+//!
+//! Purging everything bumps the namespace: every pod switches to fresh names at once (the
+//! number travels with the purge message, and is re-read after any pub/sub gap), a fill from
+//! before the purge can only write into the dead namespace, and the old keys expire by TTL.
+//! No SCAN, so it works the same on Cluster.
 //!
 //! An entry and its lease share the hash tag of the route's first tag, so the put script is
 //! single-slot on Redis Cluster, and one tag's entries share its slot. Routes without tags
@@ -19,6 +25,7 @@
 //! started before an invalidation cannot write its old result back afterwards.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::{Cmd, Value};
@@ -84,8 +91,12 @@ pub struct L2 {
     lease: Duration,
     lease_wait: Duration,
     pod: String,
-    counter: std::sync::Arc<AtomicU64>,
+    counter: Arc<AtomicU64>,
+    /// The current namespace; `NS_UNKNOWN` until read from Redis.
+    ns: Arc<AtomicU64>,
 }
+
+const NS_UNKNOWN: u64 = u64::MAX;
 
 impl L2 {
     pub fn new(redis: Redis, config: &L2Config, pod: &str) -> L2 {
@@ -96,38 +107,139 @@ impl L2 {
             lease_wait: config.lease_wait,
             pod: pod.to_string(),
             counter: Default::default(),
+            ns: Arc::new(AtomicU64::new(NS_UNKNOWN)),
         }
+    }
+
+    /// The namespace, read from Redis when not known yet; `None` if Redis does not answer.
+    pub async fn namespace(&self) -> Option<u64> {
+        match self.ns.load(Ordering::Acquire) {
+            NS_UNKNOWN => self.reload_namespace().await,
+            ns => Some(ns),
+        }
+    }
+
+    /// Reads the namespace from Redis (after a pub/sub gap, a purge message may have been
+    /// missed).
+    pub async fn reload_namespace(&self) -> Option<u64> {
+        let key = format!("{}:ns", self.prefix);
+        let mut get = Cmd::new();
+        get.arg("GET").arg(&key);
+        let v = self.redis.exec("namespace", vec![(key, get)]).await.ok()?;
+        let ns = match v.first() {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok()?.parse().ok()?,
+            _ => 0,
+        };
+        self.ns.store(ns, Ordering::Release);
+        Some(ns)
+    }
+
+    /// Adopts a namespace announced by another pod (never goes back).
+    pub fn set_namespace(&self, ns: u64) {
+        let _ = self
+            .ns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur == NS_UNKNOWN || ns > cur).then_some(ns)
+            });
+    }
+
+    /// Starts a new, empty namespace: everything stored so far is unreachable. Returns it.
+    pub async fn bump_namespace(&self) -> Option<u64> {
+        let key = format!("{}:ns", self.prefix);
+        let mut incr = Cmd::new();
+        incr.arg("INCR").arg(&key);
+        let v = self.redis.exec("purge_all", vec![(key, incr)]).await.ok()?;
+        let Some(Value::Int(ns)) = v.first() else {
+            return None;
+        };
+        self.set_namespace(*ns as u64);
+        Some(*ns as u64)
     }
 
     pub fn redis(&self) -> &Redis {
         &self.redis
     }
 
-    /// The Redis names of `key`, whose entry carries `tags` (the first one picks the slot).
-    pub fn key(&self, key: CacheKey, tags: &[String]) -> L2Key {
+    /// The Redis names of `key`, whose entry carries `tags` (the first one picks the slot);
+    /// `None` while the namespace cannot be read.
+    pub async fn key(&self, key: CacheKey, tags: &[String]) -> Option<L2Key> {
+        let ns = self.namespace().await?;
         let p = &self.prefix;
-        let (entry, lease) = match tags.first() {
-            Some(t) => {
-                let h = tag_hash(t);
-                (
-                    format!("{p}:{{t:{h}}}:e:{key}"),
-                    format!("{p}:{{t:{h}}}:l:{key}"),
-                )
-            }
+        let entry = match tags.first() {
+            Some(t) => format!("{p}:{ns}:{{t:{}}}:e:{key}", tag_hash(t)),
             // No tag: the key itself is the hash tag, so entry and lease still share a slot
             // while untagged entries spread over the cluster.
-            None => (format!("{p}:{{{key}}}:e"), format!("{p}:{{{key}}}:l")),
+            None => format!("{p}:{ns}:{{{key}}}:e"),
         };
-        L2Key {
+        Some(L2Key {
+            lease: lease_of(&entry),
             entry,
-            lease,
-            tag_sets: tags.iter().map(|t| self.tag_set(t)).collect(),
-        }
+            tag_sets: tags.iter().map(|t| self.tag_set(ns, t)).collect(),
+        })
     }
 
     /// The set of entry keys carrying `tag`.
-    pub fn tag_set(&self, tag: &str) -> String {
-        format!("{}:{{t:{}}}:keys", self.prefix, tag_hash(tag))
+    fn tag_set(&self, ns: u64, tag: &str) -> String {
+        format!("{}:{ns}:{{t:{}}}:keys", self.prefix, tag_hash(tag))
+    }
+
+    /// Deletes every entry carrying one of `tags`, and the `keys`, together with their fill
+    /// leases (so that a fill which started earlier cannot store afterwards). Two round trips:
+    /// the tag sets' members, then one batch of deletes. Returns the entries deleted, or
+    /// `None` when Redis did not answer.
+    pub async fn invalidate(&self, tags: &[String], keys: &[L2Key]) -> Option<usize> {
+        let ns = self.namespace().await?;
+        let sets: Vec<String> = tags.iter().map(|t| self.tag_set(ns, t)).collect();
+        let mut members: Vec<Vec<String>> = vec![Vec::new(); sets.len()];
+        if !sets.is_empty() {
+            let cmds = sets
+                .iter()
+                .map(|s| (s.clone(), cmd(&["SMEMBERS", s])))
+                .collect();
+            let replies = self.redis.exec("invalidate_read", cmds).await.ok()?;
+            for (i, v) in replies.into_iter().enumerate() {
+                if let Value::Array(items) | Value::Set(items) = v {
+                    members[i] = items
+                        .into_iter()
+                        .filter_map(|m| match m {
+                            Value::BulkString(b) => String::from_utf8(b).ok(),
+                            _ => None,
+                        })
+                        .collect();
+                }
+            }
+        }
+        let mut cmds = Vec::new();
+        let entries: Vec<(String, String)> = members
+            .iter()
+            .flatten()
+            .map(|m| (m.clone(), lease_of(m)))
+            .chain(keys.iter().map(|k| (k.entry.clone(), k.lease.clone())))
+            .collect();
+        for (entry, lease) in &entries {
+            cmds.push((entry.clone(), cmd(&["UNLINK", entry])));
+            cmds.push((lease.clone(), cmd(&["UNLINK", lease])));
+        }
+        // Remove exactly the members read: a fill that registered since (so after the write
+        // being invalidated) keeps its membership.
+        for (set, ms) in sets.iter().zip(&members) {
+            if !ms.is_empty() {
+                let mut c = cmd(&["SREM", set]);
+                c.arg(ms);
+                cmds.push((set.clone(), c));
+            }
+        }
+        if cmds.is_empty() {
+            return Some(0);
+        }
+        let replies = self.redis.exec("invalidate", cmds).await.ok()?;
+        // Each entry contributed an (entry, lease) pair of UNLINKs, in order.
+        let deleted = replies
+            .chunks(2)
+            .take(entries.len())
+            .filter(|pair| matches!(pair.first(), Some(Value::Int(1))))
+            .count();
+        Some(deleted)
     }
 
     /// One round trip: `GET entry`.
@@ -253,6 +365,22 @@ impl L2 {
     }
 }
 
+fn cmd(args: &[&str]) -> Cmd {
+    let mut c = Cmd::new();
+    for a in args {
+        c.arg(*a);
+    }
+    c
+}
+
+/// The lease name of an entry name: the `e` segment after the hash tag becomes `l`.
+fn lease_of(entry: &str) -> String {
+    match entry.rfind("}:e") {
+        Some(i) => format!("{}}}:l{}", &entry[..i], &entry[i + 3..]),
+        None => format!("{entry}:lease"),
+    }
+}
+
 /// A tag's hash in key names: tags are user input (path params) and never appear raw.
 fn tag_hash(tag: &str) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(tag.as_bytes()))
@@ -277,10 +405,15 @@ mod tests {
         rt.block_on(async {
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(&[]));
             let l2 = L2::new(Redis::start(&config, metrics), &config, "pod");
-            let k = l2.key(
-                CacheKey(7),
-                &["group:VIP".into(), "group:VIP:EURUSD".into()],
-            );
+            l2.set_namespace(3);
+            let k = l2
+                .key(
+                    CacheKey(7),
+                    &["group:VIP".into(), "group:VIP:EURUSD".into()],
+                )
+                .await
+                .unwrap();
+            assert!(k.entry.starts_with("sidecache:3:{t:"), "{}", k.entry);
             let slot = crate::redis::hash_tag(&k.entry);
             assert_eq!(slot, crate::redis::hash_tag(&k.lease));
             assert_eq!(slot, crate::redis::hash_tag(&k.tag_sets[0]));
@@ -289,7 +422,9 @@ mod tests {
                 !k.entry.contains("VIP"),
                 "raw tag values never reach Redis keys"
             );
-            let bare = l2.key(CacheKey(7), &[]);
+            let bare = l2.key(CacheKey(7), &[]).await.unwrap();
+            assert_eq!(lease_of(&bare.entry), bare.lease);
+            assert!(bare.lease.ends_with("}:l"));
             assert_eq!(
                 crate::redis::hash_tag(&bare.entry),
                 crate::redis::hash_tag(&bare.lease)

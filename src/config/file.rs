@@ -48,6 +48,9 @@ pub struct L1File {
     /// Largest response body that is stored; bigger bodies stream through uncached.
     /// Default `"1MiB"`.
     pub max_entry_bytes: Option<String>,
+    /// Hard upper bound on how long an entry stays in L1, whatever its TTL: the bound on any
+    /// staleness that a lost invalidation could cause. L2 keeps the full TTL. Default `"5m"`.
+    pub max_age: Option<String>,
 }
 
 /// `[runtime]`: the async runtime.
@@ -174,4 +177,63 @@ pub struct WarmupFile {
     pub gate_readiness: Option<bool>,
     /// Longest time warmup may hold readiness. Default `"30s"`.
     pub timeout: Option<String>,
+}
+
+/// `[pubsub]`: how pods tell each other about invalidations (needs `[l2]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubFile {
+    /// The channel sidecache pods publish invalidations and heartbeats on.
+    /// Default `"<l2.prefix>:invalidate"`.
+    pub channel: Option<String>,
+    /// How often each pod publishes a heartbeat to itself; three missed heartbeats count as a
+    /// gap (messages may have been lost). Default `"1s"`.
+    pub heartbeat: Option<String>,
+    /// While not subscribed (Redis down, reconnecting), L1 keeps entries at most this long:
+    /// the staleness bound while invalidations cannot arrive. Default `"5s"`.
+    pub degraded_max_age: Option<String>,
+}
+
+/// `[[invalidate]]`: a write that invalidates tags when it passes through and succeeds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateFile {
+    /// `"PUT /api/superadmin/groups/{group}/{symbol}"` (any method but GET/HEAD).
+    #[serde(rename = "match")]
+    pub match_: Option<String>,
+    /// Tag templates over the path params. Required.
+    pub tags: Option<Vec<String>>,
+    /// Upstream statuses that count as success. Default: every 2xx.
+    pub statuses: Option<Vec<u16>>,
+    /// `"evict"` (default) or `"refresh"`: after evicting, fetch the new value once in the
+    /// background so that the next read is a hit.
+    pub action: Option<String>,
+}
+
+/// `[[event]]`: a pub/sub channel of another service whose JSON messages invalidate tags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFile {
+    /// Channel name, e.g. `"balance_updates"`. One of `channel` / `pattern` is required.
+    pub channel: Option<String>,
+    /// Channel pattern (PSUBSCRIBE), e.g. `"user_*"`.
+    pub pattern: Option<String>,
+    /// Tag templates filled from payload fields; dotted paths reach nested fields
+    /// (`"group:{updated_fields.group}"`). Required.
+    pub tags: Option<Vec<String>>,
+    /// Payload fields that must equal these values for the event to apply, e.g.
+    /// `{ group_changed = true }`. Default: always apply.
+    pub when: Option<toml::Table>,
+    /// `"evict"` (default) or `"refresh"`.
+    pub action: Option<String>,
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// File holding the bearer token for mutating endpoints (`POST /admin/purge`). The
+    /// `SIDECACHE_ADMIN_TOKEN` environment variable takes precedence. Without either, mutating
+    /// endpoints answer 403.
+    pub token_file: Option<String>,
 }

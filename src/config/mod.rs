@@ -33,7 +33,56 @@ pub struct Config {
     /// `None`: no `[l2]` section, L1 only.
     pub l2: Option<L2Config>,
     pub warmup: WarmupConfig,
+    pub pubsub: PubsubConfig,
+    pub admin: AdminConfig,
     pub routes: Vec<RouteConfig>,
+    pub invalidations: Vec<InvalidateConfig>,
+    pub events: Vec<EventConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PubsubConfig {
+    pub channel: String,
+    pub heartbeat: Duration,
+    pub degraded_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// The bearer token of mutating admin endpoints; `None` disables them.
+    pub token: Option<String>,
+}
+
+/// What happens to invalidated entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Evict,
+    /// Evict, then fetch the new value once in the background.
+    Refresh,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvalidateConfig {
+    pub matcher: MatchTemplate,
+    pub tags: Vec<Template>,
+    /// Empty: every 2xx.
+    pub statuses: Vec<u16>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone)]
+pub enum Subscription {
+    Channel(String),
+    Pattern(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct EventConfig {
+    pub subscription: Subscription,
+    pub tags: Vec<Template>,
+    /// (dotted field path, required JSON value)
+    pub when: Vec<(String, serde_json::Value)>,
+    pub action: Action,
 }
 
 /// Which Redis deployment holds L2.
@@ -95,6 +144,7 @@ pub struct UpstreamConfig {
 pub struct L1Config {
     pub max_bytes: u64,
     pub max_entry_bytes: usize,
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +229,7 @@ pub const ENV_LISTEN_PROXY: &str = "SIDECACHE_LISTEN_PROXY";
 pub const ENV_LISTEN_ADMIN: &str = "SIDECACHE_LISTEN_ADMIN";
 pub const ENV_LOG_FORMAT: &str = "SIDECACHE_LOG_FORMAT";
 pub const ENV_LOG: &str = "SIDECACHE_LOG";
+pub const ENV_ADMIN_TOKEN: &str = "SIDECACHE_ADMIN_TOKEN";
 
 impl Config {
     /// Reads `path` (or the embedded default when `None`) and applies environment overrides.
@@ -227,7 +278,11 @@ struct Sections {
     log: file::LogFile,
     l2: Option<file::L2File>,
     warmup: file::WarmupFile,
+    pubsub: file::PubsubFile,
+    admin: file::AdminFile,
     routes: Vec<file::RouteFile>,
+    invalidations: Vec<file::InvalidateFile>,
+    events: Vec<file::EventFile>,
 }
 
 impl Sections {
@@ -243,12 +298,18 @@ impl Sections {
                 .contains_key("l2")
                 .then(|| section(&mut table, "l2", errors)),
             warmup: section(&mut table, "warmup", errors),
+            pubsub: section(&mut table, "pubsub", errors),
+            admin: section(&mut table, "admin", errors),
             routes: Vec::new(),
+            invalidations: Vec::new(),
+            events: Vec::new(),
         };
         s.routes = array(&mut table, "route", errors);
+        s.invalidations = array(&mut table, "invalidate", errors);
+        s.events = array(&mut table, "event", errors);
         for key in table.keys() {
             errors.push(format!(
-                "{key}: unknown section (known: listen, upstream, l1, l2, runtime, shutdown, log, warmup, route)"
+                "{key}: unknown section (known: listen, upstream, l1, l2, pubsub, runtime, shutdown, log, warmup, admin, route, invalidate, event)"
             ));
         }
         s
@@ -417,7 +478,11 @@ fn validate(
     let l1 = L1Config {
         max_bytes: size(e, "l1.max_bytes", s.l1.max_bytes, "128MiB"),
         max_entry_bytes: size(e, "l1.max_entry_bytes", s.l1.max_entry_bytes, "1MiB") as usize,
+        max_age: duration(e, "l1.max_age", s.l1.max_age, "5m"),
     };
+    if l1.max_age.is_zero() {
+        e.push("l1.max_age: must be greater than zero".into());
+    }
     if l1.max_entry_bytes as u64 > l1.max_bytes && l1.max_bytes > 0 {
         e.push("l1.max_entry_bytes: larger than l1.max_bytes".into());
     }
@@ -481,6 +546,54 @@ fn validate(
         }
     }
 
+    let has_l2 = l2.is_some();
+    let prefix = l2.as_ref().map_or("sidecache", |l| l.prefix.as_str());
+    let pubsub = PubsubConfig {
+        channel: s
+            .pubsub
+            .channel
+            .unwrap_or_else(|| format!("{prefix}:invalidate")),
+        heartbeat: duration(e, "pubsub.heartbeat", s.pubsub.heartbeat, "1s"),
+        degraded_max_age: duration(
+            e,
+            "pubsub.degraded_max_age",
+            s.pubsub.degraded_max_age,
+            "5s",
+        ),
+    };
+    if pubsub.heartbeat < Duration::from_millis(10) {
+        e.push("pubsub.heartbeat: at least 10ms".into());
+    }
+    let admin = AdminConfig {
+        token: env(ENV_ADMIN_TOKEN)
+            .or_else(|| {
+                let path = s.admin.token_file?;
+                match std::fs::read_to_string(&path) {
+                    Ok(t) => Some(t.trim().to_string()),
+                    Err(err) => {
+                        e.push(format!("admin.token_file: cannot read `{path}`: {err}"));
+                        None
+                    }
+                }
+            })
+            .filter(|t| !t.is_empty()),
+    };
+    let invalidations: Vec<InvalidateConfig> = s
+        .invalidations
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| validate_invalidate(i, r, e))
+        .collect();
+    let events: Vec<EventConfig> = s
+        .events
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| validate_event(i, r, e))
+        .collect();
+    if !has_l2 && !events.is_empty() {
+        e.push("event: [[event]] rules need an [l2] section (the Redis they arrive on)".into());
+    }
+
     Some(Config {
         listen,
         upstream,
@@ -490,7 +603,123 @@ fn validate(
         log,
         l2,
         warmup,
+        pubsub,
+        admin,
         routes,
+        invalidations,
+        events,
+    })
+}
+
+fn action(e: &mut Vec<String>, key: &str, v: Option<&str>) -> Action {
+    match v {
+        None | Some("evict") => Action::Evict,
+        Some("refresh") => Action::Refresh,
+        Some(other) => {
+            e.push(format!("{key}: `{other}` is not \"evict\" or \"refresh\""));
+            Action::Evict
+        }
+    }
+}
+
+fn tag_templates(e: &mut Vec<String>, at: &str, tags: Option<Vec<String>>) -> Vec<Template> {
+    let tags = tags.unwrap_or_default();
+    if tags.is_empty() {
+        e.push(format!("{at}.tags: list at least one tag template"));
+    }
+    tags.iter()
+        .enumerate()
+        .filter_map(|(j, t)| {
+            Template::parse(t)
+                .map_err(|msg| e.push(format!("{at}.tags[{j}]: {msg}")))
+                .ok()
+        })
+        .collect()
+}
+
+fn validate_invalidate(
+    i: usize,
+    r: file::InvalidateFile,
+    e: &mut Vec<String>,
+) -> Option<InvalidateConfig> {
+    let at = format!("invalidate[{i}]");
+    let matcher = match r.match_.as_deref().map(MatchTemplate::parse) {
+        Some(Ok(m)) if m.method == Method::GET || m.method == Method::HEAD => {
+            e.push(format!(
+                "{at}.match: a {} never changes data; invalidate on writes",
+                m.method
+            ));
+            None
+        }
+        Some(Ok(m)) => Some(m),
+        Some(Err(msg)) => {
+            e.push(format!("{at}.match: {msg}"));
+            None
+        }
+        None => {
+            e.push(format!(
+                "{at}.match: required, e.g. \"PUT /api/items/{{id}}\""
+            ));
+            None
+        }
+    };
+    let tags = tag_templates(e, &at, r.tags);
+    if let Some(m) = &matcher {
+        for (j, t) in tags.iter().enumerate() {
+            for f in t.fields() {
+                if !m.params.iter().any(|p| p == f) {
+                    e.push(format!(
+                        "{at}.tags[{j}]: `{{{f}}}` is not a parameter of `{}`",
+                        m.text
+                    ));
+                }
+            }
+        }
+    }
+    let statuses = r.statuses.unwrap_or_default();
+    for st in &statuses {
+        if !(100..600).contains(st) {
+            e.push(format!("{at}.statuses: {st} is not an HTTP status"));
+        }
+    }
+    let action = action(e, &format!("{at}.action"), r.action.as_deref());
+    Some(InvalidateConfig {
+        matcher: matcher?,
+        tags,
+        statuses,
+        action,
+    })
+}
+
+fn validate_event(i: usize, r: file::EventFile, e: &mut Vec<String>) -> Option<EventConfig> {
+    let at = format!("event[{i}]");
+    let subscription = match (r.channel, r.pattern) {
+        (Some(c), None) if !c.is_empty() => Some(Subscription::Channel(c)),
+        (None, Some(p)) if !p.is_empty() => Some(Subscription::Pattern(p)),
+        _ => {
+            e.push(format!("{at}: give exactly one of `channel` or `pattern`"));
+            None
+        }
+    };
+    let tags = tag_templates(e, &at, r.tags);
+    let when = r
+        .when
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match serde_json::to_value(&v) {
+            Ok(json) => Some((k, json)),
+            Err(err) => {
+                e.push(format!("{at}.when.{k}: {err}"));
+                None
+            }
+        })
+        .collect();
+    let action = action(e, &format!("{at}.action"), r.action.as_deref());
+    Some(EventConfig {
+        subscription: subscription?,
+        tags,
+        when,
+        action,
     })
 }
 

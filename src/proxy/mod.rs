@@ -26,6 +26,7 @@ use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::cache::l1::FillTicket;
 use crate::cache::policy::{self, Freshness};
 use crate::cache::{
     clock, key, CacheKey, CacheOutcome, Coalescer, Entry, FillState, Join, L2Key, L2Read, Lease,
@@ -33,6 +34,8 @@ use crate::cache::{
 };
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::invalidate::rules::WriteRules;
+use crate::invalidate::{Invalidator, Source, Target};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{Route, Router};
 use body::Body;
@@ -53,7 +56,9 @@ const CONDITIONAL_FIELDS: [header::HeaderName; 5] = [
 ];
 
 pub struct Proxy {
-    router: Router,
+    router: Arc<Router>,
+    writes: WriteRules,
+    invalidator: Arc<Invalidator>,
     l1: L1,
     coalescer: Arc<Coalescer>,
     /// The shared tier; `None` without an `[l2]` section.
@@ -78,9 +83,18 @@ struct Answer {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, l1: L1, l2: Option<L2>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(
+        config: &Config,
+        router: Arc<Router>,
+        l1: L1,
+        l2: Option<L2>,
+        invalidator: Arc<Invalidator>,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
         Proxy {
-            router: Router::new(&config.routes),
+            router,
+            writes: WriteRules::new(&config.invalidations),
+            invalidator,
             l1,
             l2,
             coalescer: Arc::new(Coalescer::default()),
@@ -121,6 +135,25 @@ impl Proxy {
     }
 
     async fn dispatch(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
+        if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
+            let (tags, refresh) = (write.tags.clone(), write.refresh());
+            let (response, outcome) = self.pass(req, client, self.metrics.route(None), None).await;
+            if write.succeeded(response.status().as_u16()) {
+                // Before the response leaves: the caller must read its own write afterwards.
+                let target = Target {
+                    tags,
+                    ..Target::default()
+                };
+                self.invalidator
+                    .invalidate(target, Source::Write, refresh)
+                    .await;
+            }
+            return Answer {
+                response,
+                outcome,
+                route: None,
+            };
+        }
         let found = self.router.find(req.method(), req.uri().path()).map(|m| {
             let params = m.params.as_slice();
             let route = m.route;
@@ -173,6 +206,8 @@ impl Proxy {
         for _ in 0..MAX_JOIN_ATTEMPTS {
             match self.coalescer.join(key) {
                 Join::Leader(guard) => {
+                    // Taken before anything is read, so an invalidation from here on is seen.
+                    let ticket = self.l1.begin_fill();
                     // Re-check: a fill may have completed between our lookup and our join.
                     if let Some(entry) = self.l1.get(&key) {
                         if let Some(resp) = self.lookup(&key, req.headers(), false, Served::Hit) {
@@ -181,37 +216,11 @@ impl Proxy {
                         }
                     }
                     let tags = render_tags(route, &req);
-                    let mut lease = None;
-                    if let Some(l2) = &self.l2 {
-                        let l2key = l2.key(key, &tags);
-                        let found = match l2.get(&l2key).await {
-                            L2Read::Hit(entry) => Some(*entry),
-                            other => {
-                                self.metrics.l2_lookup(l2_read_label(&other));
-                                match l2.acquire(&l2key).await {
-                                    Lease::Acquired(token) => {
-                                        lease = Some((l2key, token));
-                                        None
-                                    }
-                                    Lease::Busy => {
-                                        let filled = l2.wait_for_fill(&l2key).await;
-                                        self.metrics.l2_lease_wait(if filled.is_some() {
-                                            "filled"
-                                        } else {
-                                            "timeout"
-                                        });
-                                        filled
-                                    }
-                                    Lease::Unavailable => None,
-                                }
-                            }
-                        };
-                        if let Some(entry) = found {
-                            if let Some(answer) = self.promote(key, entry, req.headers()) {
-                                self.metrics.l2_lookup("hit");
-                                guard.complete(FillState::Done(answer.1));
-                                return (answer.0, CacheOutcome::HitL2);
-                            }
+                    let (found, lease) = self.l2_lookup(key, &tags).await;
+                    if let Some(entry) = found {
+                        if let Some(answer) = self.promote(key, entry, req.headers(), ticket) {
+                            guard.complete(FillState::Done(answer.1));
+                            return (answer.0, CacheOutcome::HitL2);
                         }
                     }
                     let fill = Fill {
@@ -219,6 +228,7 @@ impl Proxy {
                         tags,
                         lease,
                         guard,
+                        ticket,
                     };
                     return self.fill(req, client, route, rm, fill).await;
                 }
@@ -296,12 +306,51 @@ impl Proxy {
         }
     }
 
+    /// After an L1 miss: the entry from L2, or else the fill lease (when this pod won it),
+    /// or else the entry another pod's fill put in L2 while we waited.
+    async fn l2_lookup(
+        &self,
+        key: CacheKey,
+        tags: &[String],
+    ) -> (Option<Entry>, Option<(L2Key, String)>) {
+        let Some(l2) = &self.l2 else {
+            return (None, None);
+        };
+        let Some(l2key) = l2.key(key, tags).await else {
+            self.metrics.l2_lookup("unavailable");
+            return (None, None);
+        };
+        let read = l2.get(&l2key).await;
+        self.metrics.l2_lookup(l2_read_label(&read));
+        if let L2Read::Hit(entry) = read {
+            // Redis expires by its own clock: an entry a few ms past its freshness is a miss,
+            // and this pod competes for the lease to refill it.
+            if is_fresh(&entry, clock::now_ms()) {
+                return (Some(*entry), None);
+            }
+        }
+        match l2.acquire(&l2key).await {
+            Lease::Acquired(token) => (None, Some((l2key, token))),
+            Lease::Busy => {
+                let filled = l2.wait_for_fill(&l2key).await;
+                self.metrics.l2_lease_wait(if filled.is_some() {
+                    "filled"
+                } else {
+                    "timeout"
+                });
+                (filled, None)
+            }
+            Lease::Unavailable => (None, None),
+        }
+    }
+
     /// Serves an entry found in L2 and promotes it to L1 with its remaining lifetime.
     fn promote(
         &self,
         key: CacheKey,
         entry: Entry,
         headers: &HeaderMap,
+        ticket: FillTicket,
     ) -> Option<(Response<Body>, Arc<Entry>)> {
         let Freshness::Fresh {
             age_secs,
@@ -316,7 +365,7 @@ impl Proxy {
             return None;
         };
         let entry = Arc::new(entry);
-        self.l1.insert(key, entry.clone());
+        self.l1.insert_fill(key, entry.clone(), ticket);
         let resp = respond::from_entry(
             &entry,
             headers,
@@ -342,7 +391,12 @@ impl Proxy {
             tags,
             lease,
             guard,
+            ticket,
         } = fill;
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |pq| pq.as_str().to_string());
         // Whatever happens below, a lease this fill does not use is handed back.
         let mut lease = LeaseGuard {
             l2: self.l2.clone(),
@@ -419,8 +473,8 @@ impl Proxy {
         };
 
         let now = clock::now_ms();
-        let entry = Arc::new(build_entry(route, parts, body, ttl, tags, now));
-        self.l1.insert(key, entry.clone());
+        let entry = Arc::new(build_entry(route, path, parts, body, ttl, tags, now));
+        self.l1.insert_fill(key, entry.clone(), ticket);
         guard.complete(FillState::Done(entry.clone()));
         if let (Some(l2), Some((l2key, token))) = (&self.l2, lease.take()) {
             l2.put(&l2key, &token, &entry, now).await;
@@ -512,37 +566,11 @@ impl Proxy {
 }
 
 fn render_tags(route: &Route, req: &Request<Incoming>) -> Vec<String> {
-    if route.config.tags.is_empty() {
-        return Vec::new();
-    }
-    let path = req.uri().path();
-    let params: Vec<(&str, &str)> = route
-        .config
-        .matcher
-        .params
-        .iter()
-        .map(String::as_str)
-        .zip(param_values(route, path))
-        .collect();
-    route
-        .config
-        .tags
-        .iter()
-        .filter_map(|t| t.render(|name| params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)))
-        .collect()
-}
-
-/// The values of `route`'s params in `path` (which is known to match).
-fn param_values<'p>(route: &Route, path: &'p str) -> Vec<&'p str> {
-    use crate::config::Segment;
-    route
-        .config
-        .matcher
-        .segments
-        .iter()
-        .zip(path.trim_start_matches('/').split('/'))
-        .filter_map(|(seg, part)| matches!(seg, Segment::Param(_)).then_some(part))
-        .collect()
+    let m = &route.config.matcher;
+    let path = req.uri().path().strip_prefix('/').unwrap_or_default();
+    crate::route::match_segments(&m.segments, path)
+        .map(|params| crate::route::render_tags(&route.config.tags, &m.params, &params))
+        .unwrap_or_default()
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -561,6 +589,7 @@ struct Fill {
     tags: Vec<String>,
     lease: Option<(L2Key, String)>,
     guard: crate::cache::coalesce::FillGuard,
+    ticket: FillTicket,
 }
 
 /// A fill lease not yet used: released in the background when the fill ends without a put.
@@ -581,6 +610,13 @@ impl Drop for LeaseGuard {
             tokio::spawn(async move { l2.release(&key, &token).await });
         }
     }
+}
+
+fn is_fresh(e: &Entry, now_ms: u64) -> bool {
+    matches!(
+        policy::freshness(e.stored_at_ms, e.initial_age, e.ttl_ms, now_ms),
+        Freshness::Fresh { .. }
+    )
 }
 
 fn l2_read_label(r: &L2Read) -> &'static str {
@@ -618,6 +654,7 @@ async fn collect_limited(mut body: Incoming, limit: usize) -> Result<Collected, 
 /// Turns a fetched response into an entry: the headers a hit will send, validators, timing.
 fn build_entry(
     route: &Route,
+    path: String,
     parts: http::response::Parts,
     body: Bytes,
     ttl: std::time::Duration,
@@ -662,5 +699,6 @@ fn build_entry(
         initial_age,
         ttl_ms: ttl.as_millis() as u64,
         tags,
+        path,
     }
 }

@@ -368,6 +368,30 @@ fn sentinel_client(config: &L2Config) -> redis::RedisResult<SentinelClient> {
     )
 }
 
+/// A dedicated pub/sub connection: to the standalone server, to the current Sentinel master,
+/// or to the first Cluster node that answers (classic PUBLISH reaches every node).
+pub async fn pubsub_connection(config: &L2Config) -> redis::RedisResult<redis::aio::PubSub> {
+    let urls: Vec<String> = match &config.target {
+        RedisTarget::Standalone(url) => vec![url.clone()],
+        RedisTarget::Cluster(nodes) => nodes.clone(),
+        RedisTarget::Sentinel { .. } => match sentinel_master(config).await? {
+            Some(addr) => vec![format!("redis://{addr}")],
+            None => return Err((redis::ErrorKind::Io, "sentinel knows no master").into()),
+        },
+    };
+    let mut last = None;
+    for url in urls {
+        let info = with_auth(url.as_str().into_connection_info()?, config);
+        let attempt = async { redis::Client::open(info)?.get_async_pubsub().await };
+        match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Ok(Ok(p)) => return Ok(p),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some((redis::ErrorKind::Io, "pub/sub connect timed out").into()),
+        }
+    }
+    Err(last.unwrap_or_else(|| (redis::ErrorKind::Io, "no node to subscribe on").into()))
+}
+
 /// The master's `host:port` as the first answering sentinel reports it.
 async fn sentinel_master(config: &L2Config) -> redis::RedisResult<Option<String>> {
     let RedisTarget::Sentinel {

@@ -216,13 +216,27 @@ impl Sidecache {
         if std::env::var_os("SIDECACHE_TEST_LOG").is_some() {
             sidecache::telemetry::init(&config.log);
         }
+        let with_l2 = config.l2.is_some();
         let running = App::build(config).start().await.unwrap();
-        Sidecache {
+        let sc = Sidecache {
             proxy: running.proxy_addr,
             admin: running.admin_addr,
             running: Some(running),
             client: client(),
+        };
+        if with_l2 {
+            sc.wait_subscribed().await;
         }
+        sc
+    }
+
+    /// Waits until the pub/sub subscription is up (L1 is live, L2's namespace known).
+    pub async fn wait_subscribed(&self) {
+        let ok = eventually(Duration::from_secs(10), async || {
+            metric(&self.metrics().await, "sidecache_pubsub_connected", &[]) == 1.0
+        })
+        .await;
+        assert!(ok, "sidecache never subscribed to Redis pub/sub");
     }
 
     pub async fn get(&self, path: &str) -> Resp {

@@ -1,0 +1,281 @@
+//! Invalidation: write-through rules, events from other services, admin purges, and the
+//! cross-pod channel that carries them, with gap detection.
+//!
+//! ```text
+//! write through this pod ─┐
+//! admin purge ────────────┼─→ L1 here → L2 (entries + leases) → publish ─→ other pods: L1
+//! event (every pod) ──────┘                      (events: every pod does L1 + L2, no publish)
+//! pub/sub gap ───────────→ L1 dropped, degraded until subscribed again, L2 namespace re-read
+//! ```
+//!
+//! The invalidating pod finishes all three steps before the write's response is returned, so
+//! the caller reads its own write from this pod at once and from other pods once the message
+//! has arrived there. Every Redis step is bounded by `l2.timeout`; if Redis does not answer,
+//! L1 here is still invalidated, and the other pods' subscriptions are broken too, which they
+//! treat as a gap.
+
+pub mod events;
+pub mod message;
+pub mod pubsub;
+pub mod rules;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use http::Method;
+
+use crate::cache::{clock, key, CacheKey, Entry, L1, L2};
+use crate::config::Scope;
+use crate::metrics::Metrics;
+use crate::route::Router;
+use message::{Kind, Message};
+
+/// What triggered an invalidation: the `source` label of `sidecache_invalidations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A write passed through this pod.
+    Write,
+    /// An event from another service.
+    Event,
+    /// `POST /admin/purge`.
+    Admin,
+    /// Messages may have been missed.
+    Gap,
+    /// Another sidecache pod's message.
+    Peer,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Write => "write",
+            Source::Event => "event",
+            Source::Admin => "admin",
+            Source::Gap => "gap",
+            Source::Peer => "peer",
+        }
+    }
+}
+
+/// What to invalidate.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub tags: Vec<String>,
+    /// Single entries: the key and the tags of its route (they place it in L2).
+    pub keys: Vec<(CacheKey, Vec<String>)>,
+    pub all: bool,
+}
+
+pub struct Invalidator {
+    l1: L1,
+    l2: Option<L2>,
+    router: Arc<Router>,
+    pod: String,
+    channel: String,
+    metrics: Arc<Metrics>,
+    /// The proxy listener, through which refreshes are fetched; set once it is bound.
+    proxy_addr: OnceLock<SocketAddr>,
+}
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invalidator")
+            .field("pod", &self.pod)
+            .finish()
+    }
+}
+
+impl Invalidator {
+    pub fn new(
+        l1: L1,
+        l2: Option<L2>,
+        router: Arc<Router>,
+        pod: &str,
+        channel: &str,
+        metrics: Arc<Metrics>,
+    ) -> Invalidator {
+        Invalidator {
+            l1,
+            l2,
+            router,
+            pod: pod.to_string(),
+            channel: channel.to_string(),
+            metrics,
+            proxy_addr: OnceLock::new(),
+        }
+    }
+
+    pub fn set_proxy_addr(&self, addr: SocketAddr) {
+        let _ = self.proxy_addr.set(addr);
+    }
+
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    pub fn l1(&self) -> &L1 {
+        &self.l1
+    }
+
+    pub fn l2(&self) -> Option<&L2> {
+        self.l2.as_ref()
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// This pod's invalidation (a write or an admin purge): L1 here, L2, then the other pods.
+    pub async fn invalidate(&self, target: Target, source: Source, refresh: bool) {
+        let removed = self.apply_l1(&target, source);
+        let mut ns = None;
+        if let Some(l2) = &self.l2 {
+            if target.all {
+                ns = l2.bump_namespace().await;
+            } else {
+                self.invalidate_l2(l2, &target).await;
+            }
+            let mut m = Message::heartbeat(&self.pod, clock::now_us());
+            m.kind = Kind::Invalidate;
+            m.tags = target.tags.clone();
+            m.keys = target.keys.iter().map(|(k, _)| k.to_string()).collect();
+            m.all = target.all;
+            m.ns = ns;
+            m.refresh = refresh;
+            m.source = source.as_str().to_string();
+            self.publish(&m).await;
+        }
+        if refresh {
+            self.refresh(removed);
+        }
+    }
+
+    /// An event from another service: every pod receives it, so each does L1 and L2 itself
+    /// and nobody publishes.
+    pub async fn invalidate_event(&self, tags: Vec<String>, refresh: bool) {
+        let target = Target {
+            tags,
+            ..Target::default()
+        };
+        let removed = self.apply_l1(&target, Source::Event);
+        if let Some(l2) = &self.l2 {
+            self.invalidate_l2(l2, &target).await;
+        }
+        if refresh {
+            self.refresh(removed);
+        }
+    }
+
+    /// Another pod's message: it already did L2; only L1 here is left.
+    pub fn apply_peer(&self, m: &Message) {
+        if let (Some(l2), Some(ns)) = (&self.l2, m.ns) {
+            l2.set_namespace(ns);
+        }
+        let target = Target {
+            tags: m.tags.clone(),
+            keys: m
+                .keys
+                .iter()
+                .filter_map(|k| u128::from_str_radix(k, 16).ok())
+                .map(|k| (CacheKey(k), Vec::new()))
+                .collect(),
+            all: m.all,
+        };
+        let removed = self.apply_l1(&target, Source::Peer);
+        if m.refresh {
+            self.refresh(removed);
+        }
+    }
+
+    /// Messages may have been lost: drop L1 and keep it short-lived until subscribed again.
+    pub fn gap(&self) {
+        self.metrics.invalidation(Source::Gap.as_str());
+        self.l1.enter_degraded();
+    }
+
+    pub async fn publish(&self, m: &Message) {
+        let Some(l2) = &self.l2 else { return };
+        let mut cmd = ::redis::Cmd::new();
+        cmd.arg("PUBLISH").arg(&self.channel).arg(m.encode());
+        let _ = l2
+            .redis()
+            .exec("publish", vec![(self.channel.clone(), cmd)])
+            .await;
+    }
+
+    fn apply_l1(&self, target: &Target, source: Source) -> Vec<Arc<Entry>> {
+        self.metrics.invalidation(source.as_str());
+        if target.all {
+            self.l1.clear();
+            return Vec::new();
+        }
+        let keys: Vec<CacheKey> = target.keys.iter().map(|(k, _)| *k).collect();
+        let removed = self.l1.invalidate(&target.tags, &keys);
+        self.metrics.invalidated_entries("l1", removed.len() as u64);
+        removed
+    }
+
+    async fn invalidate_l2(&self, l2: &L2, target: &Target) {
+        let mut keys = Vec::with_capacity(target.keys.len());
+        for (k, tags) in &target.keys {
+            if let Some(l2key) = l2.key(*k, tags).await {
+                keys.push(l2key);
+            }
+        }
+        match l2.invalidate(&target.tags, &keys).await {
+            Some(n) => self.metrics.invalidated_entries("l2", n as u64),
+            None => tracing::warn!(
+                tags = ?target.tags,
+                "L2 invalidation got no answer from Redis; its entries expire by TTL, and other pods treat the broken channel as a gap."
+            ),
+        }
+    }
+
+    /// Fetches the new values of removed shared entries once, in the background, through our
+    /// own listener (the normal miss path: L2, lease, upstream, store).
+    fn refresh(&self, removed: Vec<Arc<Entry>>) {
+        let Some(addr) = self.proxy_addr.get().copied() else {
+            return;
+        };
+        let paths: Vec<String> = removed
+            .iter()
+            .filter(|e| !e.path.is_empty())
+            .filter(|e| {
+                let path = e.path.split('?').next().unwrap_or_default();
+                self.router
+                    .find(&Method::GET, path)
+                    .is_some_and(|m| m.route.config.scope == Scope::Shared)
+            })
+            .map(|e| e.path.clone())
+            .collect();
+        if paths.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            crate::warmup::fetch_all(&paths, 4, addr).await;
+        });
+    }
+
+    /// The key and route tags of a URL path on a shared route (admin purge by URL).
+    pub fn key_of(&self, url: &str) -> Result<(CacheKey, Vec<String>), String> {
+        let (path, query) = match url.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (url, None),
+        };
+        let m = self
+            .router
+            .find(&Method::GET, path)
+            .ok_or_else(|| format!("`{url}` matches no cached route"))?;
+        let route = &m.route.config;
+        if route.scope == Scope::Identity {
+            return Err(format!(
+                "`{url}` is on identity-scoped route `{}`: purge it by tag",
+                route.name
+            ));
+        }
+        let key = key::derive(route, m.params.as_slice(), query, &http::HeaderMap::new())
+            .map_err(|_| format!("`{url}`: no key"))?;
+        let tags = crate::route::render_tags(&route.tags, &route.matcher.params, &m.params);
+        Ok((key, tags))
+    }
+}
