@@ -19,6 +19,7 @@ use crate::cache::{L1, L2};
 use crate::config::Config;
 use crate::invalidate::pubsub::Subscriber;
 use crate::invalidate::Invalidator;
+use crate::limit::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::redis::Redis;
@@ -78,12 +79,22 @@ impl App {
             &config.pubsub.channel,
             metrics.clone(),
         ));
+        let limiter = Limiter::new(
+            &config.limits,
+            l2.as_ref().map(|l| l.redis().clone()),
+            config
+                .l2
+                .as_ref()
+                .map_or("sidecache", |c| c.prefix.as_str()),
+            metrics.clone(),
+        );
         let proxy = Arc::new(Proxy::new(
             &config,
             router,
             l1.clone(),
             l2,
             invalidator.clone(),
+            limiter,
             metrics.clone(),
         ));
         let admin = Admin {

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `main → app → {proxy, admin, server} → {invalidate, route, cache, warmup}
+//! Dependencies point one way: `main → app → {proxy, admin, server} → {limit, invalidate, route, cache, warmup}
 //! → redis → {config, metrics, error}`.
 //!
 //! - [`config`]: the file format, environment overrides, and validation that lists every problem.
@@ -14,6 +14,7 @@
 //!   respond) and the one place errors become responses.
 //! - [`cache`]: keys, pure freshness and storability policy, entries, L1, coalescing.
 //! - [`invalidate`]: write-through rules, events, admin purges, the cross-pod channel and gaps.
+//! - [`limit`]: rate limits shared through Redis (GCRA), with a local fallback.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/admin/*` on their own port.
 //! - [`metrics`]: every Prometheus family, registered in one place.
 //! - [`server`]: HTTP/1.1 serving with graceful shutdown, for both listeners.
@@ -35,6 +36,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod invalidate;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod redis;

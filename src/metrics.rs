@@ -58,6 +58,7 @@ pub struct Metrics {
     pubsub_connected: IntGauge,
     pubsub_messages: IntCounterVec,
     pubsub_lag: Histogram,
+    ratelimit: IntCounterVec,
     routes: Vec<RouteMetrics>,
 }
 
@@ -207,6 +208,11 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .unwrap();
+        let ratelimit = IntCounterVec::new(
+            Opts::new("sidecache_ratelimit_decisions_total", "Rate-limit decisions by rule, outcome (allowed, denied, shadow_denied) and backend (redis, local)."),
+            &["rule", "outcome", "backend"],
+        )
+        .unwrap();
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "sidecache_build_info",
@@ -239,6 +245,7 @@ impl Metrics {
             Box::new(pubsub_connected.clone()),
             Box::new(pubsub_messages.clone()),
             Box::new(pubsub_lag.clone()),
+            Box::new(ratelimit.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -270,6 +277,7 @@ impl Metrics {
             pubsub_connected,
             pubsub_messages,
             pubsub_lag,
+            ratelimit,
             routes,
         }
     }
@@ -395,6 +403,12 @@ impl Metrics {
 
     pub fn pubsub_lag(&self, seconds: f64) {
         self.pubsub_lag.observe(seconds);
+    }
+
+    pub fn ratelimit(&self, rule: &str, outcome: &str, backend: &str) {
+        self.ratelimit
+            .with_label_values(&[rule, outcome, backend])
+            .inc();
     }
 
     pub fn set_l1_usage(&self, entries: u64, bytes: u64) {

@@ -37,10 +37,12 @@ pub enum CacheOutcome {
     Bypass,
     /// The upstream failed; the client got a 502/504.
     Error,
+    /// Denied by a rate limit (429) before any cache work.
+    Limited,
 }
 
 impl CacheOutcome {
-    pub const ALL: [CacheOutcome; 7] = [
+    pub const ALL: [CacheOutcome; 8] = [
         Self::Hit,
         Self::HitL2,
         Self::Miss,
@@ -48,6 +50,7 @@ impl CacheOutcome {
         Self::Uncacheable,
         Self::Bypass,
         Self::Error,
+        Self::Limited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl CacheOutcome {
             Self::Uncacheable => "uncacheable",
             Self::Bypass => "bypass",
             Self::Error => "error",
+            Self::Limited => "limited",
         }
     }
 }

@@ -237,3 +237,43 @@ pub struct AdminFile {
     /// endpoints answer 403.
     pub token_file: Option<String>,
 }
+
+/// `[limits]`: settings shared by every `[[limit]]` rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// How many sidecache replicas share each limit. When Redis is unavailable each pod
+    /// enforces `rate / replicas` on its own. Default `1`. Env override: `SIDECACHE_REPLICAS`.
+    pub replicas: Option<u32>,
+}
+
+/// `[[limit]]`: a rate limit shared by every pod through Redis.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    /// Name in metrics and in the `RateLimit-Policy` header. Default `limit<N>`.
+    pub name: Option<String>,
+    /// `"POST /api/orders"` (method + path template). One of `match` / `route` is required.
+    #[serde(rename = "match")]
+    pub match_: Option<String>,
+    /// The name of a `[[route]]` whose requests this limit applies to.
+    pub route: Option<String>,
+    /// What identifies a client: `"header:x-user-id"`, `"identity"` (the Authorization
+    /// header, hashed), `"ip"` (first `X-Forwarded-For` address, else the peer), or
+    /// `"param:{user_id}"`; a list combines them. Required.
+    pub key: Option<KeySpec>,
+    /// `"100/min"`, `"10/s"`, `"5000/h"`, `"10000/day"`. Required.
+    pub rate: Option<String>,
+    /// Requests allowed at once on top of the steady rate. Default: the rate's count.
+    pub burst: Option<u32>,
+    /// `"enforce"` (default) or `"shadow"`: count and report, never block.
+    pub mode: Option<String>,
+}
+
+/// One key source or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum KeySpec {
+    One(String),
+    Many(Vec<String>),
+}

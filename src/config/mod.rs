@@ -38,6 +38,71 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub invalidations: Vec<InvalidateConfig>,
     pub events: Vec<EventConfig>,
+    pub limits: LimitsConfig,
+}
+
+/// Where a rate-limit key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Header(HeaderName),
+    /// The route's identity header (or `Authorization`), hashed.
+    Identity,
+    /// The first `X-Forwarded-For` address, else the peer address.
+    Ip,
+    /// A path parameter of the limit's match.
+    Param(String),
+}
+
+/// Which requests a limit applies to.
+#[derive(Debug, Clone)]
+pub enum LimitScope {
+    Match(MatchTemplate),
+    Route(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitConfig {
+    pub name: String,
+    pub scope: LimitScope,
+    pub key: Vec<KeySource>,
+    /// Requests per `period`.
+    pub count: u32,
+    pub period: Duration,
+    pub burst: u32,
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LimitsConfig {
+    pub replicas: u32,
+    pub rules: Vec<LimitConfig>,
+}
+
+/// Parses `"10/s"`, `"100/min"`, `"5000/h"`, `"10000/day"` into (count, period).
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let (n, unit) = text
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not a rate; write e.g. \"10/s\" or \"100/min\""))?;
+    let count: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}`: `{n}` is not a whole number of requests"))?;
+    if count == 0 {
+        return Err(format!("`{text}`: the count must be at least 1"));
+    }
+    let period = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        "d" | "day" => Duration::from_secs(86_400),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown period `{other}` (use s, min, h or day)"
+            ))
+        }
+    };
+    Ok((count, period))
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +295,7 @@ pub const ENV_LISTEN_ADMIN: &str = "SIDECACHE_LISTEN_ADMIN";
 pub const ENV_LOG_FORMAT: &str = "SIDECACHE_LOG_FORMAT";
 pub const ENV_LOG: &str = "SIDECACHE_LOG";
 pub const ENV_ADMIN_TOKEN: &str = "SIDECACHE_ADMIN_TOKEN";
+pub const ENV_REPLICAS: &str = "SIDECACHE_REPLICAS";
 
 impl Config {
     /// Reads `path` (or the embedded default when `None`) and applies environment overrides.
@@ -283,6 +349,8 @@ struct Sections {
     routes: Vec<file::RouteFile>,
     invalidations: Vec<file::InvalidateFile>,
     events: Vec<file::EventFile>,
+    limits: file::LimitsFile,
+    limit_rules: Vec<file::LimitFile>,
 }
 
 impl Sections {
@@ -303,13 +371,16 @@ impl Sections {
             routes: Vec::new(),
             invalidations: Vec::new(),
             events: Vec::new(),
+            limits: section(&mut table, "limits", errors),
+            limit_rules: Vec::new(),
         };
+        s.limit_rules = array(&mut table, "limit", errors);
         s.routes = array(&mut table, "route", errors);
         s.invalidations = array(&mut table, "invalidate", errors);
         s.events = array(&mut table, "event", errors);
         for key in table.keys() {
             errors.push(format!(
-                "{key}: unknown section (known: listen, upstream, l1, l2, pubsub, runtime, shutdown, log, warmup, admin, route, invalidate, event)"
+                "{key}: unknown section (known: listen, upstream, l1, l2, pubsub, runtime, shutdown, log, warmup, admin, limits, route, invalidate, event, limit)"
             ));
         }
         s
@@ -590,6 +661,32 @@ fn validate(
         .enumerate()
         .filter_map(|(i, r)| validate_event(i, r, e))
         .collect();
+    let replicas = match env(ENV_REPLICAS) {
+        Some(v) => check(
+            e,
+            ENV_REPLICAS,
+            v.parse::<u32>()
+                .map_err(|_| format!("`{v}` is not a number")),
+            1,
+        ),
+        None => s.limits.replicas.unwrap_or(1),
+    };
+    if replicas == 0 {
+        e.push("limits.replicas: at least 1".into());
+    }
+    let mut limit_rules: Vec<LimitConfig> = Vec::new();
+    for (i, r) in s.limit_rules.into_iter().enumerate() {
+        if let Some(rule) = validate_limit(i, r, &routes, e) {
+            if limit_rules.iter().any(|x| x.name == rule.name) {
+                e.push(format!("limit[{i}].name: `{}` is used twice", rule.name));
+            }
+            limit_rules.push(rule);
+        }
+    }
+    let limits = LimitsConfig {
+        replicas: replicas.max(1),
+        rules: limit_rules,
+    };
     if !has_l2 && !events.is_empty() {
         e.push("event: [[event]] rules need an [l2] section (the Redis they arrive on)".into());
     }
@@ -608,6 +705,119 @@ fn validate(
         routes,
         invalidations,
         events,
+        limits,
+    })
+}
+
+fn validate_limit(
+    i: usize,
+    r: file::LimitFile,
+    routes: &[RouteConfig],
+    e: &mut Vec<String>,
+) -> Option<LimitConfig> {
+    let name = r.name.unwrap_or_else(|| format!("limit{i}"));
+    let at = format!("limit[{i}] ({name})");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        e.push(format!(
+            "{at}.name: letters, digits, `_` or `-` only (it is a metric label)"
+        ));
+    }
+    let mut params: Vec<String> = Vec::new();
+    let scope = match (r.match_, r.route) {
+        (Some(m), None) => match MatchTemplate::parse(&m) {
+            Ok(t) => {
+                params = t.params.clone();
+                Some(LimitScope::Match(t))
+            }
+            Err(msg) => {
+                e.push(format!("{at}.match: {msg}"));
+                None
+            }
+        },
+        (None, Some(route)) => match routes.iter().find(|x| x.name == route) {
+            Some(x) => {
+                params = x.matcher.params.clone();
+                Some(LimitScope::Route(route))
+            }
+            None => {
+                e.push(format!("{at}.route: no [[route]] is named `{route}`"));
+                None
+            }
+        },
+        _ => {
+            e.push(format!("{at}: give exactly one of `match` or `route`"));
+            None
+        }
+    };
+    let specs = match r.key {
+        Some(file::KeySpec::One(k)) => vec![k],
+        Some(file::KeySpec::Many(ks)) => ks,
+        None => Vec::new(),
+    };
+    if specs.is_empty() {
+        e.push(format!("{at}.key: required, e.g. \"header:x-user-id\", \"identity\", \"ip\" or \"param:{{user_id}}\""));
+    }
+    let mut key = Vec::new();
+    for spec in &specs {
+        let source = if spec == "identity" {
+            Some(KeySource::Identity)
+        } else if spec == "ip" {
+            Some(KeySource::Ip)
+        } else if let Some(h) = spec.strip_prefix("header:") {
+            Some(KeySource::Header(header_name(e, &format!("{at}.key"), h)))
+        } else if let Some(p) = spec.strip_prefix("param:") {
+            let p = p.trim_start_matches('{').trim_end_matches('}').to_string();
+            if scope.is_some() && !params.contains(&p) {
+                e.push(format!(
+                    "{at}.key: `{spec}` names no path parameter of this limit's match"
+                ));
+            }
+            Some(KeySource::Param(p))
+        } else {
+            e.push(format!(
+                "{at}.key: `{spec}` is not header:NAME, identity, ip or param:{{name}}"
+            ));
+            None
+        };
+        key.extend(source);
+    }
+    let (count, period) = match r.rate.as_deref().map(parse_rate) {
+        Some(Ok(r)) => r,
+        Some(Err(msg)) => {
+            e.push(format!("{at}.rate: {msg}"));
+            (1, Duration::from_secs(1))
+        }
+        None => {
+            e.push(format!("{at}.rate: required, e.g. \"10/s\""));
+            (1, Duration::from_secs(1))
+        }
+    };
+    let burst = r.burst.unwrap_or(count);
+    if burst == 0 {
+        e.push(format!("{at}.burst: at least 1"));
+    }
+    let shadow = match r.mode.as_deref() {
+        None | Some("enforce") => false,
+        Some("shadow") => true,
+        Some(other) => {
+            e.push(format!(
+                "{at}.mode: `{other}` is not \"enforce\" or \"shadow\""
+            ));
+            false
+        }
+    };
+    Some(LimitConfig {
+        name,
+        scope: scope?,
+        key,
+        count,
+        period,
+        burst: burst.max(1),
+        shadow,
     })
 }
 
@@ -1083,6 +1293,45 @@ mod tests {
         .unwrap();
         assert_eq!(c.l2.unwrap().password.as_deref(), Some("s3cret"));
         assert!(Config::parse(base).unwrap().l2.is_none());
+    }
+
+    #[test]
+    fn rates_and_limits() {
+        assert_eq!(parse_rate("10/s").unwrap(), (10, Duration::from_secs(1)));
+        assert_eq!(
+            parse_rate("100/min").unwrap(),
+            (100, Duration::from_secs(60))
+        );
+        assert!(parse_rate("ten").unwrap_err().contains("not a rate"));
+        assert!(parse_rate("ten/s").is_err());
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5/fortnight").is_err());
+        let errs = Config::parse(
+            r#"
+            [upstream]
+            url = "http://127.0.0.1:1"
+            [[limit]]
+            match = "POST /api/orders/{account}"
+            key = ["header:x-user-id", "param:{nope}"]
+            rate = "ten"
+            mode = "maybe"
+            [[limit]]
+            route = "missing"
+            key = "ip"
+            rate = "1/s"
+            "#,
+        )
+        .unwrap_err()
+        .0
+        .join("\n");
+        for needle in [
+            "limit[0] (limit0).rate",
+            "limit[0] (limit0).key",
+            "limit[0] (limit0).mode",
+            "limit[1] (limit1).route",
+        ] {
+            assert!(errs.contains(needle), "{needle} missing in {errs}");
+        }
     }
 
     #[test]

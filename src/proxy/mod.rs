@@ -1,7 +1,7 @@
 //! The data path. Every request goes through these phases, in this order only:
 //!
 //! ```text
-//! accept ─→ route ─┬─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
+//! accept ─→ admit (rate limits) ─→ route ─┬─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
 //!                  └─ cached route ─→ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
 //!                                                       └─ miss ─→ coalesce ─┬─ leader ─→ forward ─→ store? ─→ respond
 //!                                                                            └─ follower ─→ wait ─→ respond
@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::invalidate::rules::WriteRules;
 use crate::invalidate::{Invalidator, Source, Target};
+use crate::limit::{Admission, Limiter};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{Route, Router};
 use body::Body;
@@ -59,6 +60,7 @@ pub struct Proxy {
     router: Arc<Router>,
     writes: WriteRules,
     invalidator: Arc<Invalidator>,
+    limiter: Limiter,
     l1: L1,
     coalescer: Arc<Coalescer>,
     /// The shared tier; `None` without an `[l2]` section.
@@ -89,12 +91,14 @@ impl Proxy {
         l1: L1,
         l2: Option<L2>,
         invalidator: Arc<Invalidator>,
+        limiter: Limiter,
         metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
             router,
             writes: WriteRules::new(&config.invalidations),
             invalidator,
+            limiter,
             l1,
             l2,
             coalescer: Arc::new(Coalescer::default()),
@@ -114,7 +118,25 @@ impl Proxy {
         let start = Instant::now();
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_string());
-        let answer = self.dispatch(req, client).await;
+        let admission = match self.limiter.is_empty() {
+            true => None,
+            false => Some(self.admit(&req, client).await),
+        };
+        let denied = admission.as_ref().and_then(|a| a.denied.clone());
+        let mut answer = match denied {
+            Some((rule, retry_after)) => Answer {
+                response: rescue::rate_limited(&rule, retry_after),
+                outcome: CacheOutcome::Limited,
+                route: self
+                    .router
+                    .find(req.method(), req.uri().path())
+                    .map(|m| m.route.id),
+            },
+            None => self.dispatch(req, client).await,
+        };
+        for (name, value) in admission.map(|a| a.headers).unwrap_or_default() {
+            answer.response.headers_mut().insert(name, value);
+        }
         let status = answer.response.status().as_u16();
         let elapsed = start.elapsed().as_secs_f64();
         let rm = self.metrics.route(answer.route);
@@ -132,6 +154,19 @@ impl Proxy {
             );
         }
         answer.response
+    }
+
+    /// The admit phase: every rate limit that applies, in one decision.
+    async fn admit(&self, req: &Request<Incoming>, client: SocketAddr) -> Admission {
+        self.limiter
+            .admit(
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+                client,
+                &self.router,
+            )
+            .await
     }
 
     async fn dispatch(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {

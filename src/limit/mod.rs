@@ -1,0 +1,268 @@
+//! Rate limiting, shared by every pod through Redis, before the cache lookup (so a flood of
+//! cache hits is limited too).
+//!
+//! Each matching `[[limit]]` rule is decided by one GCRA script call (all rules of a request
+//! in one batch: at most one Redis round trip). When Redis is slow, down or behind the open
+//! breaker, each pod decides locally at `rate / replicas`, and goes back to Redis by itself
+//! once the breaker closes. Every limited response carries `RateLimit-Policy` and `RateLimit`
+//! (draft-ietf-httpapi-ratelimit-headers); a denial is a 429 with `Retry-After`.
+
+pub mod gcra;
+pub mod local;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ::redis::{Cmd, Value};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::{KeySource, LimitConfig, LimitScope, LimitsConfig};
+use crate::metrics::Metrics;
+use crate::redis::{Redis, RedisError};
+use crate::route::{match_segments, Router};
+use gcra::Verdict;
+use local::LocalBuckets;
+
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+struct Rule {
+    config: LimitConfig,
+    interval_us: u64,
+    local: LocalBuckets,
+    /// `RateLimit-Policy` item, prebuilt.
+    policy: String,
+}
+
+/// The outcome of admission for one request.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Set when an enforcing rule denied the request: (rule name, retry after in seconds).
+    pub denied: Option<(String, u64)>,
+    /// `RateLimit-Policy` and `RateLimit` values to add to the response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+pub struct Limiter {
+    rules: Vec<Rule>,
+    redis: Option<Redis>,
+    prefix: String,
+    replicas: u32,
+    metrics: Arc<Metrics>,
+    script_sha: String,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+impl Limiter {
+    pub fn new(
+        config: &LimitsConfig,
+        redis: Option<Redis>,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Limiter {
+        let rules = config
+            .rules
+            .iter()
+            .map(|c| Rule {
+                interval_us: (c.period.as_micros() as u64 / u64::from(c.count)).max(1),
+                local: LocalBuckets::default(),
+                policy: format!("\"{}\";q={};w={}", c.name, c.count, c.period.as_secs()),
+                config: c.clone(),
+            })
+            .collect();
+        Limiter {
+            rules,
+            redis,
+            prefix: prefix.to_string(),
+            replicas: config.replicas.max(1),
+            metrics,
+            script_sha: ::redis::Script::new(gcra::SCRIPT).get_hash().to_string(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Decides every rule that applies to the request.
+    pub async fn admit(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        router: &Router,
+    ) -> Admission {
+        let route = router.find(method, path);
+        let mut applicable: Vec<(&Rule, u128)> = Vec::new();
+        for rule in &self.rules {
+            let trimmed = path.strip_prefix('/').unwrap_or(path);
+            let params = match &rule.config.scope {
+                LimitScope::Match(t) if t.method == method => {
+                    match_segments(&t.segments, trimmed).map(|p| (t.params.as_slice(), p))
+                }
+                LimitScope::Match(_) => None,
+                LimitScope::Route(name) => route
+                    .filter(|m| &m.route.config.name == name)
+                    .map(|m| (m.route.config.matcher.params.as_slice(), m.params)),
+            };
+            let Some((names, params)) = params else {
+                continue;
+            };
+            let identity =
+                route.map_or(&header::AUTHORIZATION, |m| &m.route.config.identity_header);
+            let value = |source: &KeySource| -> Option<Vec<u8>> {
+                match source {
+                    KeySource::Header(h) => headers.get(h).map(|v| v.as_bytes().to_vec()),
+                    KeySource::Identity => headers.get(identity).map(|v| v.as_bytes().to_vec()),
+                    KeySource::Ip => Some(client_ip(headers, peer).into_bytes()),
+                    KeySource::Param(p) => names
+                        .iter()
+                        .position(|n| n == p)
+                        .map(|i| params.as_slice()[i].as_bytes().to_vec()),
+                }
+            };
+            // A request without the key's parts is not this rule's client (e.g. no user id).
+            let Some(key) = client_key(&rule.config, value) else {
+                continue;
+            };
+            applicable.push((rule, key));
+        }
+        if applicable.is_empty() {
+            return Admission::default();
+        }
+        let (verdicts, backend) = self.decide(&applicable).await;
+        let mut admission = Admission::default();
+        let mut policies = Vec::new();
+        let mut states = Vec::new();
+        for ((rule, _), v) in applicable.iter().zip(verdicts) {
+            let outcome = match (v.allowed, rule.config.shadow) {
+                (true, _) => "allowed",
+                (false, true) => "shadow_denied",
+                (false, false) => "denied",
+            };
+            self.metrics.ratelimit(&rule.config.name, outcome, backend);
+            if !v.allowed && !rule.config.shadow && admission.denied.is_none() {
+                let secs = v.retry_after_us.div_ceil(1_000_000).max(1);
+                admission.denied = Some((rule.config.name.clone(), secs));
+            }
+            policies.push(rule.policy.clone());
+            states.push(format!(
+                "\"{}\";r={};t={}",
+                rule.config.name,
+                v.remaining,
+                v.reset_us.div_ceil(1_000_000)
+            ));
+        }
+        for (name, items) in [(RATELIMIT_POLICY, policies), (RATELIMIT, states)] {
+            if let Ok(v) = HeaderValue::from_str(&items.join(", ")) {
+                admission.headers.push((name, v));
+            }
+        }
+        admission
+    }
+
+    /// One batch to Redis for all rules, or the local buckets when Redis cannot answer.
+    async fn decide(&self, rules: &[(&Rule, u128)]) -> (Vec<Verdict>, &'static str) {
+        if let Some(redis) = &self.redis {
+            match self.decide_redis(redis, rules).await {
+                Ok(v) => return (v, "redis"),
+                Err(error) => tracing::debug!(%error, "Rate limit falls back to local decisions."),
+            }
+        }
+        let verdicts = rules
+            .iter()
+            .map(|(rule, key)| {
+                let interval = rule.interval_us * u64::from(self.replicas);
+                rule.local.decide(*key, interval, rule.config.burst)
+            })
+            .collect();
+        (verdicts, "local")
+    }
+
+    async fn decide_redis(
+        &self,
+        redis: &Redis,
+        rules: &[(&Rule, u128)],
+    ) -> Result<Vec<Verdict>, RedisError> {
+        let cmds = |op: &str| -> Vec<(String, Cmd)> {
+            rules
+                .iter()
+                .map(|(rule, key)| {
+                    let k = format!("{}:rl:{}:{{{key:032x}}}", self.prefix, rule.config.name);
+                    let mut c = Cmd::new();
+                    c.arg(op);
+                    if op == "EVALSHA" {
+                        c.arg(&self.script_sha);
+                    } else {
+                        c.arg(gcra::SCRIPT);
+                    }
+                    c.arg(1)
+                        .arg(&k)
+                        .arg(rule.interval_us)
+                        .arg(rule.config.burst);
+                    (k, c)
+                })
+                .collect()
+        };
+        let replies = match redis.exec("ratelimit", cmds("EVALSHA")).await {
+            Err(RedisError::Failed(e))
+                if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+            {
+                // A restarted or failed-over Redis forgot the script: EVAL loads it again.
+                redis.exec("ratelimit", cmds("EVAL")).await?
+            }
+            other => other?,
+        };
+        Ok(replies.iter().map(verdict).collect())
+    }
+}
+
+fn verdict(v: &Value) -> Verdict {
+    let n = |i: usize| match v {
+        Value::Array(items) => match items.get(i) {
+            Some(Value::Int(n)) => (*n).max(0) as u64,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    Verdict {
+        allowed: n(0) == 1,
+        remaining: n(1) as u32,
+        retry_after_us: n(2),
+        reset_us: n(3),
+    }
+}
+
+/// The hashed key of a client under `rule`; `None` when a part is missing.
+fn client_key(rule: &LimitConfig, value: impl Fn(&KeySource) -> Option<Vec<u8>>) -> Option<u128> {
+    let mut h = Xxh3::new();
+    h.update(rule.name.as_bytes());
+    for source in &rule.key {
+        let v = value(source)?;
+        h.update(&(v.len() as u32).to_le_bytes());
+        h.update(&v);
+    }
+    Some(h.digest128())
+}
+
+/// The client address: the first `X-Forwarded-For` entry (set by the ingress in front of the
+/// app, since the sidecar's own peer is the app on loopback), else the peer.
+fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
+    headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| peer.ip().to_string())
+}

@@ -1,0 +1,239 @@
+//! Rate limits shared through a real Redis by three sidecache instances, the local fallback
+//! with Redis killed, shadow mode, and the standard headers.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use support::redis::RedisServer;
+use support::*;
+
+fn limits(l2: &str, mode: &str) -> String {
+    format!(
+        r#"{l2}
+[limits]
+replicas = 3
+
+[[limit]]
+name = "orders"
+match = "POST /api/orders"
+key = "header:x-user-id"
+rate = "10/s"
+burst = 1
+mode = "{mode}"
+
+[[limit]]
+name = "api"
+match = "GET /api/users/{{user_id}}"
+key = "param:{{user_id}}"
+rate = "100/min"
+"#
+    )
+}
+
+/// Sends POST /api/orders as `user` round-robin over `pods` for `span`; returns (admitted, denied).
+async fn hammer(pods: &[Arc<Sidecache>], user: &'static str, span: Duration) -> (usize, usize) {
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let denied = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + span;
+    let mut tasks = Vec::new();
+    // Two clients per pod.
+    for pod in pods.iter().cycle().take(pods.len() * 2) {
+        let (pod, admitted, denied) = (pod.clone(), admitted.clone(), denied.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let r = pod
+                    .request(Method::POST, "/api/orders", &[("x-user-id", user)], "{}")
+                    .await;
+                match r.status {
+                    200 => admitted.fetch_add(1, Ordering::Relaxed),
+                    429 => denied.fetch_add(1, Ordering::Relaxed),
+                    s => panic!("unexpected status {s}"),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (
+        admitted.load(Ordering::Relaxed),
+        denied.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pods_share_one_limit_through_redis() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    let cfg = limits(&l2_standalone(&redis.url()), "enforce");
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        pods.push(Arc::new(Sidecache::start(&origin, &cfg).await));
+    }
+    let (admitted, denied) = hammer(&pods, "alice", Duration::from_secs(5)).await;
+    eprintln!("10/s for 5 s over 3 pods: admitted {admitted}, denied {denied}");
+    // 50 at the steady rate, plus the burst of 1.
+    assert!(
+        (46..=57).contains(&admitted),
+        "admitted {admitted}, expected 51 ± 10%"
+    );
+    assert!(denied > admitted, "the hammering really exceeded the limit");
+    // Another key is not affected by alice's exhaustion.
+    let r = pods[0]
+        .request(Method::POST, "/api/orders", &[("x-user-id", "bob")], "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    let m = pods[1].metrics().await;
+    assert!(
+        metric(
+            &m,
+            "sidecache_ratelimit_decisions_total",
+            &[
+                ("rule", "orders"),
+                ("outcome", "denied"),
+                ("backend", "redis")
+            ]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sidecache_ratelimit_decisions_total",
+            &[("backend", "local")]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_tell_clients_where_they_stand() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    let pod = Sidecache::start(&origin, &limits(&l2_standalone(&redis.url()), "enforce")).await;
+    let ok = pod
+        .request(Method::POST, "/api/orders", &[("x-user-id", "carol")], "{}")
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    assert_eq!(ok.header("ratelimit"), "\"orders\";r=0;t=1");
+    let no = pod
+        .request(Method::POST, "/api/orders", &[("x-user-id", "carol")], "{}")
+        .await;
+    assert_eq!(no.status, 429);
+    assert_eq!(no.header("retry-after"), "1");
+    assert_eq!(no.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    let v: serde_json::Value = serde_json::from_slice(&no.body).unwrap();
+    assert_eq!(v["error"], "rate_limited");
+    assert_eq!(v["rule"], "orders");
+    // A burst rule counts down.
+    let a = pod.get("/api/users/7").await;
+    let b = pod.get("/api/users/7").await;
+    assert_eq!(a.header("ratelimit"), "\"api\";r=99;t=1");
+    assert_eq!(b.header("ratelimit"), "\"api\";r=98;t=2");
+    // No key, no limit: requests without the header are not this rule's clients.
+    let anon = pod.request(Method::POST, "/api/orders", &[], "{}").await;
+    assert_eq!(anon.status, 200);
+    assert!(anon.headers.get("ratelimit").is_none());
+    // Paths no rule matches carry no rate-limit fields.
+    assert!(pod
+        .get("/elsewhere")
+        .await
+        .headers
+        .get("ratelimit-policy")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_counts_but_never_blocks() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    let pod =
+        Arc::new(Sidecache::start(&origin, &limits(&l2_standalone(&redis.url()), "shadow")).await);
+    let (admitted, denied) = hammer(
+        std::slice::from_ref(&pod),
+        "dave",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(denied, 0);
+    assert!(admitted > 20);
+    let m = pod.metrics().await;
+    let shadow = metric(
+        &m,
+        "sidecache_ratelimit_decisions_total",
+        &[("outcome", "shadow_denied")],
+    );
+    assert!(
+        shadow as usize >= admitted - 10,
+        "shadow denials {shadow} of {admitted}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_falls_back_to_local_limits_and_recovers() {
+    let redis = Arc::new(RedisServer::start());
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    let pod =
+        Arc::new(Sidecache::start(&origin, &limits(&l2_standalone(&redis.url()), "enforce")).await);
+    let r = redis.clone();
+    tokio::task::spawn_blocking(move || r.kill()).await.unwrap();
+    // Each pod enforces 10/s / 3 replicas locally: about 3.3/s.
+    let (admitted, denied) =
+        hammer(std::slice::from_ref(&pod), "erin", Duration::from_secs(3)).await;
+    eprintln!("local fallback, 3 s: admitted {admitted}, denied {denied}");
+    assert!(
+        (8..=13).contains(&admitted),
+        "admitted {admitted}, expected ~10 + 1"
+    );
+    let m = pod.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "sidecache_ratelimit_decisions_total",
+            &[("backend", "local")]
+        ) > 0.0
+    );
+    let r = redis.clone();
+    tokio::task::spawn_blocking(move || r.restart())
+        .await
+        .unwrap();
+    // Back to Redis by itself once the breaker closes (the script is loaded again on NOSCRIPT).
+    let back = eventually(Duration::from_secs(10), async || {
+        pod.request(Method::POST, "/api/orders", &[("x-user-id", "frank")], "{}")
+            .await;
+        metric(
+            &pod.metrics().await,
+            "sidecache_ratelimit_decisions_total",
+            &[("rule", "orders"), ("backend", "redis")],
+        ) > 0.0
+    })
+    .await;
+    assert!(back, "never went back to Redis");
+}
+
+#[test]
+fn bad_limit_config_is_rejected_by_check() {
+    let dir = std::env::temp_dir().join(format!("sidecache-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[[limit]]\nname = \"orders\"\nmatch = \"POST /api/orders\"\nkey = \"header:x-user-id\"\nrate = \"ten\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidecache"))
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limit[0] (orders).rate: `ten` is not a rate"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
