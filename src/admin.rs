@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -60,7 +61,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub l1: L1,
     pub invalidator: Arc<Invalidator>,
-    pub proxy: Arc<Proxy>,
+    /// The current configuration's proxy (for `explain`).
+    pub proxy: Arc<ArcSwap<Proxy>>,
     /// Bearer token of mutating endpoints; `None` disables them.
     pub token: Option<String>,
 }
@@ -231,7 +233,8 @@ impl Admin {
             Some((p, q)) => (p, Some(q)),
             None => (url.as_str(), None),
         };
-        let Some(m) = self.proxy.router().find(&Method::GET, path) else {
+        let proxy = self.proxy.load();
+        let Some(m) = proxy.router().find(&Method::GET, path) else {
             return json_response(
                 StatusCode::OK,
                 json!({"url": url, "route": null, "cached": false, "reason": "no cached route matches: forwarded untouched"}),

@@ -1,12 +1,14 @@
 //! Wiring only: builds each component from its config section, binds the listeners, and owns
 //! the start and stop order.
 //!
-//! Start: metrics → L1 → proxy → admin listener → proxy listener → ready.
+//! Start: metrics → L1, L2 → invalidator → proxy → admin listener → proxy listener →
+//!        subscriber, reloader → warmup → ready.
 //! Stop:  not ready → `drain_delay` → proxy listener closes → in-flight requests get
 //!        `grace_period` → admin listener closes.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,24 +16,30 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
 use crate::admin::{Admin, Health};
-use crate::cache::{L1, L2};
+use crate::cache::{Coalescer, L1, L2};
 use crate::config::Config;
 use crate::invalidate::pubsub::Subscriber;
 use crate::invalidate::Invalidator;
-use crate::limit::Limiter;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Shared};
 use crate::redis::Redis;
-use crate::route::Router;
+use crate::reload::Reloader;
 use crate::server::{self, ConnSettings};
 
 /// The components built from a config, not yet listening.
 #[derive(Debug)]
 pub struct App {
     config: Config,
-    pub proxy: Arc<Proxy>,
+    /// The current configuration's proxy; a reload swaps it.
+    pub proxy: Arc<ArcSwap<Proxy>>,
     pub admin: Admin,
+    shared: Shared,
+    /// Where the config came from, for reloads; `None` for the embedded default.
+    config_path: Option<PathBuf>,
 }
 
 /// A running sidecache: its bound addresses and the handle to stop it.
@@ -49,8 +57,7 @@ pub struct Running {
 
 impl App {
     pub fn build(config: Config) -> App {
-        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
-        let metrics = Arc::new(Metrics::new(&names));
+        let metrics = Arc::new(Metrics::new());
         let l1 = {
             let metrics = metrics.clone();
             let degraded_max_age = config.pubsub.degraded_max_age;
@@ -70,33 +77,21 @@ impl App {
             // Until the subscription is up, invalidations from other pods cannot arrive.
             l1.enter_degraded();
         }
-        let router = Arc::new(Router::new(&config.routes));
         let invalidator = Arc::new(Invalidator::new(
             l1.clone(),
             l2.clone(),
-            router.clone(),
             &pod_id,
             &config.pubsub.channel,
             metrics.clone(),
         ));
-        let limiter = Limiter::new(
-            &config.limits,
-            l2.as_ref().map(|l| l.redis().clone()),
-            config
-                .l2
-                .as_ref()
-                .map_or("sidecache", |c| c.prefix.as_str()),
-            metrics.clone(),
-        );
-        let proxy = Arc::new(Proxy::new(
-            &config,
-            router,
-            l1.clone(),
+        let shared = Shared {
+            l1: l1.clone(),
             l2,
-            invalidator.clone(),
-            limiter,
-            metrics.clone(),
-        ));
+            coalescer: Arc::new(Coalescer::default()),
+            invalidator: invalidator.clone(),
+            metrics: metrics.clone(),
+        };
+        let proxy = Arc::new(ArcSwap::from_pointee(Proxy::new(&config, &shared)));
         let admin = Admin {
             health: Arc::new(Health::default()),
             metrics,
@@ -109,11 +104,20 @@ impl App {
             config,
             proxy,
             admin,
+            shared,
+            config_path: None,
         }
     }
 
-    /// Background work that lives as long as the process: the pub/sub subscriber (with L2)
-    /// and the periodic sweep of L1's tag index.
+    /// Watches `path` (the file the config was loaded from) and reloads it on change or
+    /// SIGHUP.
+    pub fn reload_from(mut self, path: PathBuf) -> App {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Background work that lives as long as the process: the pub/sub subscriber (with L2),
+    /// the config reloader (with a config file), and the periodic sweep of L1's tag index.
     fn spawn_background(&self) {
         let l1 = self.admin.l1.clone();
         tokio::spawn(async move {
@@ -123,15 +127,31 @@ impl App {
                 l1.sweep_index();
             }
         });
+        let events = Arc::new(ArcSwap::from_pointee(self.config.events.clone()));
+        let resubscribe = Arc::new(Notify::new());
         if let Some(l2) = &self.config.l2 {
             let subscriber = Subscriber {
                 invalidator: self.admin.invalidator.clone(),
-                events: self.config.events.clone(),
+                events: events.clone(),
+                resubscribe: resubscribe.clone(),
                 pubsub: self.config.pubsub.clone(),
                 l2: l2.clone(),
                 metrics: self.admin.metrics.clone(),
             };
             tokio::spawn(subscriber.run());
+        }
+        if let Some(path) = &self.config_path {
+            let reloader = Reloader {
+                path: path.clone(),
+                interval: self.config.reload_interval,
+                current: self.config.clone(),
+                proxy: self.proxy.clone(),
+                shared: self.shared.clone(),
+                events,
+                resubscribe,
+                metrics: self.admin.metrics.clone(),
+            };
+            tokio::spawn(reloader.run());
         }
     }
 
@@ -168,7 +188,8 @@ impl App {
             proxy_listener,
             settings,
             move |req, peer| {
-                let proxy = proxy.clone();
+                // The configuration current when the request arrived serves all of it.
+                let proxy = proxy.load_full();
                 async move { proxy.handle(req, peer).await }
             },
             proxy_rx,

@@ -20,6 +20,7 @@
 //! - [`server`]: HTTP/1.1 serving with graceful shutdown, for both listeners.
 //! - [`redis`]: one Redis client (standalone, Sentinel, Cluster) with timeouts and a breaker.
 //! - [`warmup`]: fetching configured paths through the proxy at start.
+//! - [`reload`]: config reload on file change or SIGHUP, swapping the proxy atomically.
 //! - [`app`]: wiring and the start/stop order.
 //!
 //! # The life of a request
@@ -40,6 +41,7 @@ pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod redis;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod telemetry;

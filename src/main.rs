@@ -69,7 +69,12 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match App::build(config).start().await {
+        let app = App::build(config);
+        let app = match cli.config {
+            Some(path) => app.reload_from(path),
+            None => app,
+        };
+        match app.start().await {
             Ok(running) => {
                 running.run_until_signal().await;
                 ExitCode::SUCCESS

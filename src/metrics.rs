@@ -59,7 +59,22 @@ pub struct Metrics {
     pubsub_messages: IntCounterVec,
     pubsub_lag: Histogram,
     ratelimit: IntCounterVec,
+    config_reloads: IntCounterVec,
+    config_valid: IntGauge,
+}
+
+/// The per-route handles of one configuration's routes (rebuilt on reload; the counters behind
+/// them carry on, since the same labels give the same series).
+pub struct RouteTable {
     routes: Vec<RouteMetrics>,
+}
+
+impl RouteTable {
+    /// Handles of route number `id`, or of unrouted traffic for `None`.
+    pub fn get(&self, id: Option<usize>) -> &RouteMetrics {
+        let last = self.routes.len() - 1;
+        &self.routes[id.map_or(last, |i| i.min(last))]
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,9 +92,15 @@ pub struct RouteMetrics {
     coalesced: OnceLock<IntCounter>,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    /// Registers every family; `route_names` are the configured routes in order.
-    pub fn new(route_names: &[&str]) -> Metrics {
+    /// Registers every family.
+    pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -213,6 +234,16 @@ impl Metrics {
             &["rule", "outcome", "backend"],
         )
         .unwrap();
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "sidecache_config_reloads_total",
+                "Config reload attempts by result (applied, rejected).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let config_valid = IntGauge::new("sidecache_config_valid", "1 if the last config load or reload was valid, 0 if a reload was rejected (the previous config keeps running).").unwrap();
+        config_valid.set(1);
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "sidecache_build_info",
@@ -246,16 +277,13 @@ impl Metrics {
             Box::new(pubsub_messages.clone()),
             Box::new(pubsub_lag.clone()),
             Box::new(ratelimit.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_valid.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        let routes = route_names
-            .iter()
-            .copied()
-            .chain(std::iter::once(NO_ROUTE))
-            .map(RouteMetrics::new)
-            .collect();
+
         Metrics {
             registry,
             requests,
@@ -278,14 +306,21 @@ impl Metrics {
             pubsub_messages,
             pubsub_lag,
             ratelimit,
-            routes,
+            config_reloads,
+            config_valid,
         }
     }
 
-    /// Handles of route number `id`, or of unrouted traffic for `None`.
-    pub fn route(&self, id: Option<usize>) -> &RouteMetrics {
-        let last = self.routes.len() - 1;
-        &self.routes[id.map_or(last, |i| i.min(last))]
+    /// Handles for `route_names` (the configured routes, in order) plus unrouted traffic.
+    pub fn route_table(&self, route_names: &[&str]) -> RouteTable {
+        RouteTable {
+            routes: route_names
+                .iter()
+                .copied()
+                .chain(std::iter::once(NO_ROUTE))
+                .map(RouteMetrics::new)
+                .collect(),
+        }
     }
 
     /// Counts one answered request.
@@ -409,6 +444,12 @@ impl Metrics {
         self.ratelimit
             .with_label_values(&[rule, outcome, backend])
             .inc();
+    }
+
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        self.config_valid.set(i64::from(applied));
     }
 
     pub fn set_l1_usage(&self, entries: u64, bytes: u64) {

@@ -403,7 +403,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(&[]));
+            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
             let l2 = L2::new(Redis::start(&config, metrics), &config, "pod");
             l2.set_namespace(3);
             let k = l2

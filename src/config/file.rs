@@ -277,3 +277,12 @@ pub enum KeySpec {
     One(String),
     Many(Vec<String>),
 }
+
+/// `[reload]`: picking up config changes without a restart (only with `--config FILE`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadFile {
+    /// How often the config file is checked for changes; `"0s"` turns polling off (SIGHUP
+    /// still reloads). Default `"2s"`.
+    pub interval: Option<String>,
+}

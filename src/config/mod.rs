@@ -39,6 +39,8 @@ pub struct Config {
     pub invalidations: Vec<InvalidateConfig>,
     pub events: Vec<EventConfig>,
     pub limits: LimitsConfig,
+    /// How often the config file is polled for changes; zero: only on SIGHUP.
+    pub reload_interval: Duration,
 }
 
 /// Where a rate-limit key comes from.
@@ -351,6 +353,7 @@ struct Sections {
     events: Vec<file::EventFile>,
     limits: file::LimitsFile,
     limit_rules: Vec<file::LimitFile>,
+    reload: file::ReloadFile,
 }
 
 impl Sections {
@@ -373,6 +376,7 @@ impl Sections {
             events: Vec::new(),
             limits: section(&mut table, "limits", errors),
             limit_rules: Vec::new(),
+            reload: section(&mut table, "reload", errors),
         };
         s.limit_rules = array(&mut table, "limit", errors);
         s.routes = array(&mut table, "route", errors);
@@ -380,7 +384,7 @@ impl Sections {
         s.events = array(&mut table, "event", errors);
         for key in table.keys() {
             errors.push(format!(
-                "{key}: unknown section (known: listen, upstream, l1, l2, pubsub, runtime, shutdown, log, warmup, admin, limits, route, invalidate, event, limit)"
+                "{key}: unknown section (known: listen, upstream, l1, l2, pubsub, runtime, shutdown, log, warmup, admin, limits, reload, route, invalidate, event, limit)"
             ));
         }
         s
@@ -706,6 +710,7 @@ fn validate(
         invalidations,
         events,
         limits,
+        reload_interval: duration(e, "reload.interval", s.reload.interval, "2s"),
     })
 }
 

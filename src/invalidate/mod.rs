@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! write through this pod ─┐
-//! admin purge ────────────┼─→ L1 here → L2 (entries + leases) → publish ─→ other pods: L1
-//! event (every pod) ──────┘                      (events: every pod does L1 + L2, no publish)
+//! admin purge ────────────┼─→ L2 (entries + leases) → L1 here → publish ─→ other pods: L1
+//! event (every pod) ──────┘                      (events: every pod does L2 + L1, no publish)
 //! pub/sub gap ───────────→ L1 dropped, degraded until subscribed again, L2 namespace re-read
 //! ```
 //!
@@ -22,6 +22,7 @@ pub mod rules;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwap;
 use http::Method;
 
 use crate::cache::{clock, key, CacheKey, Entry, L1, L2};
@@ -69,7 +70,8 @@ pub struct Target {
 pub struct Invalidator {
     l1: L1,
     l2: Option<L2>,
-    router: Arc<Router>,
+    /// The current configuration's routes (swapped on reload).
+    router: ArcSwap<Router>,
     pod: String,
     channel: String,
     metrics: Arc<Metrics>,
@@ -89,7 +91,6 @@ impl Invalidator {
     pub fn new(
         l1: L1,
         l2: Option<L2>,
-        router: Arc<Router>,
         pod: &str,
         channel: &str,
         metrics: Arc<Metrics>,
@@ -97,12 +98,16 @@ impl Invalidator {
         Invalidator {
             l1,
             l2,
-            router,
+            router: ArcSwap::from_pointee(Router::default()),
             pod: pod.to_string(),
             channel: channel.to_string(),
             metrics,
             proxy_addr: OnceLock::new(),
         }
+    }
+
+    pub fn set_router(&self, router: Arc<Router>) {
+        self.router.store(router);
     }
 
     pub fn set_proxy_addr(&self, addr: SocketAddr) {
@@ -125,16 +130,15 @@ impl Invalidator {
         &self.channel
     }
 
-    /// This pod's invalidation (a write or an admin purge): L1 here, L2, then the other pods.
+    /// This pod's invalidation (a write or an admin purge): L2, L1 here, then the other pods.
+    ///
+    /// L2 goes first: a read on this pod between the two steps then either still finds the
+    /// old entry in L1 (the write is not acknowledged yet) or misses both tiers; the other
+    /// order would let such a read copy the old L2 entry back into the just-cleared L1.
     pub async fn invalidate(&self, target: Target, source: Source, refresh: bool) {
+        let ns = self.invalidate_l2(&target).await;
         let removed = self.apply_l1(&target, source);
-        let mut ns = None;
-        if let Some(l2) = &self.l2 {
-            if target.all {
-                ns = l2.bump_namespace().await;
-            } else {
-                self.invalidate_l2(l2, &target).await;
-            }
+        if self.l2.is_some() {
             let mut m = Message::heartbeat(&self.pod, clock::now_us());
             m.kind = Kind::Invalidate;
             m.tags = target.tags.clone();
@@ -150,17 +154,15 @@ impl Invalidator {
         }
     }
 
-    /// An event from another service: every pod receives it, so each does L1 and L2 itself
+    /// An event from another service: every pod receives it, so each does L2 and L1 itself
     /// and nobody publishes.
     pub async fn invalidate_event(&self, tags: Vec<String>, refresh: bool) {
         let target = Target {
             tags,
             ..Target::default()
         };
+        self.invalidate_l2(&target).await;
         let removed = self.apply_l1(&target, Source::Event);
-        if let Some(l2) = &self.l2 {
-            self.invalidate_l2(l2, &target).await;
-        }
         if refresh {
             self.refresh(removed);
         }
@@ -215,7 +217,12 @@ impl Invalidator {
         removed
     }
 
-    async fn invalidate_l2(&self, l2: &L2, target: &Target) {
+    /// Removes `target` from L2 (for `all`: starts a new namespace, returned).
+    async fn invalidate_l2(&self, target: &Target) -> Option<u64> {
+        let l2 = self.l2.as_ref()?;
+        if target.all {
+            return l2.bump_namespace().await;
+        }
         let mut keys = Vec::with_capacity(target.keys.len());
         for (k, tags) in &target.keys {
             if let Some(l2key) = l2.key(*k, tags).await {
@@ -229,6 +236,7 @@ impl Invalidator {
                 "L2 invalidation got no answer from Redis; its entries expire by TTL, and other pods treat the broken channel as a gap."
             ),
         }
+        None
     }
 
     /// Fetches the new values of removed shared entries once, in the background, through our
@@ -237,12 +245,13 @@ impl Invalidator {
         let Some(addr) = self.proxy_addr.get().copied() else {
             return;
         };
+        let router = self.router.load();
         let paths: Vec<String> = removed
             .iter()
             .filter(|e| !e.path.is_empty())
             .filter(|e| {
                 let path = e.path.split('?').next().unwrap_or_default();
-                self.router
+                router
                     .find(&Method::GET, path)
                     .is_some_and(|m| m.route.config.scope == Scope::Shared)
             })
@@ -262,8 +271,8 @@ impl Invalidator {
             Some((p, q)) => (p, Some(q)),
             None => (url, None),
         };
-        let m = self
-            .router
+        let router = self.router.load();
+        let m = router
             .find(&Method::GET, path)
             .ok_or_else(|| format!("`{url}` matches no cached route"))?;
         let route = &m.route.config;

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
+use tokio::sync::Notify;
 
 use super::events::{listens, tags_for};
 use super::message::{Kind, Message};
@@ -25,7 +27,9 @@ const MISSED_HEARTBEATS: u32 = 3;
 
 pub struct Subscriber {
     pub invalidator: Arc<Invalidator>,
-    pub events: Vec<EventConfig>,
+    /// The event rules (swapped by a reload, which then rings `resubscribe`).
+    pub events: Arc<ArcSwap<Vec<EventConfig>>>,
+    pub resubscribe: Arc<Notify>,
     pub pubsub: PubsubConfig,
     pub l2: L2Config,
     pub metrics: Arc<Metrics>,
@@ -71,7 +75,7 @@ impl Subscriber {
 
     async fn subscribe(&self, pubsub: &mut ::redis::aio::PubSub) -> ::redis::RedisResult<()> {
         pubsub.subscribe(self.invalidator.channel()).await?;
-        for e in &self.events {
+        for e in self.events.load().iter() {
             match &e.subscription {
                 Subscription::Channel(c) => pubsub.subscribe(c).await?,
                 Subscription::Pattern(p) => pubsub.psubscribe(p).await?,
@@ -89,6 +93,7 @@ impl Subscriber {
         let mut last_own = Instant::now();
         loop {
             tokio::select! {
+                _ = self.resubscribe.notified() => return "event channels changed",
                 msg = stream.next() => {
                     let Some(msg) = msg else { return "disconnected" };
                     if self.handle(&msg) {
@@ -117,8 +122,8 @@ impl Subscriber {
             return self.handle_peer(payload);
         }
         let pattern: Option<String> = msg.get_pattern().ok();
-        for rule in self
-            .events
+        let events = self.events.load();
+        for rule in events
             .iter()
             .filter(|r| listens(r, channel, pattern.as_deref()))
         {

@@ -37,7 +37,7 @@ use crate::error::ProxyError;
 use crate::invalidate::rules::WriteRules;
 use crate::invalidate::{Invalidator, Source, Target};
 use crate::limit::{Admission, Limiter};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, RouteTable};
 use crate::route::{Route, Router};
 use body::Body;
 use forward::Upstream;
@@ -66,6 +66,7 @@ pub struct Proxy {
     /// The shared tier; `None` without an `[l2]` section.
     l2: Option<L2>,
     upstream: Upstream,
+    routes: RouteTable,
     metrics: Arc<Metrics>,
     max_entry_bytes: usize,
     access_log: bool,
@@ -84,26 +85,44 @@ struct Answer {
     route: Option<usize>,
 }
 
+/// What outlives a configuration: the tiers, in-flight fills, the invalidator, the metrics.
+/// A reload builds a new [`Proxy`] around the same `Shared`.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub l1: L1,
+    pub l2: Option<L2>,
+    pub coalescer: Arc<Coalescer>,
+    pub invalidator: Arc<Invalidator>,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Proxy {
-    pub fn new(
-        config: &Config,
-        router: Arc<Router>,
-        l1: L1,
-        l2: Option<L2>,
-        invalidator: Arc<Invalidator>,
-        limiter: Limiter,
-        metrics: Arc<Metrics>,
-    ) -> Proxy {
+    /// Builds the per-configuration parts (routes, rules, limits, upstream client) around
+    /// `shared`.
+    pub fn new(config: &Config, shared: &Shared) -> Proxy {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        let router = Arc::new(Router::new(&config.routes));
+        shared.invalidator.set_router(router.clone());
+        let limiter = Limiter::new(
+            &config.limits,
+            shared.l2.as_ref().map(|l| l.redis().clone()),
+            config
+                .l2
+                .as_ref()
+                .map_or("sidecache", |c| c.prefix.as_str()),
+            shared.metrics.clone(),
+        );
         Proxy {
             router,
             writes: WriteRules::new(&config.invalidations),
-            invalidator,
+            invalidator: shared.invalidator.clone(),
             limiter,
-            l1,
-            l2,
-            coalescer: Arc::new(Coalescer::default()),
+            l1: shared.l1.clone(),
+            l2: shared.l2.clone(),
+            coalescer: shared.coalescer.clone(),
             upstream: Upstream::new(&config.upstream),
-            metrics,
+            routes: shared.metrics.route_table(&names),
+            metrics: shared.metrics.clone(),
             max_entry_bytes: config.l1.max_entry_bytes,
             access_log: config.log.access_log,
         }
@@ -139,7 +158,7 @@ impl Proxy {
         }
         let status = answer.response.status().as_u16();
         let elapsed = start.elapsed().as_secs_f64();
-        let rm = self.metrics.route(answer.route);
+        let rm = self.routes.get(answer.route);
         self.metrics
             .request(rm, &method, status, answer.outcome, elapsed);
         if let Some(path) = path {
@@ -172,7 +191,7 @@ impl Proxy {
     async fn dispatch(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
         if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
             let (tags, refresh) = (write.tags.clone(), write.refresh());
-            let (response, outcome) = self.pass(req, client, self.metrics.route(None), None).await;
+            let (response, outcome) = self.pass(req, client, self.routes.get(None), None).await;
             if write.succeeded(response.status().as_u16()) {
                 // Before the response leaves: the caller must read its own write afterwards.
                 let target = Target {
@@ -196,14 +215,14 @@ impl Proxy {
             (route, key)
         });
         let Some((route, key)) = found else {
-            let (response, outcome) = self.pass(req, client, self.metrics.route(None), None).await;
+            let (response, outcome) = self.pass(req, client, self.routes.get(None), None).await;
             return Answer {
                 response,
                 outcome,
                 route: None,
             };
         };
-        let rm = self.metrics.route(Some(route.id));
+        let rm = self.routes.get(Some(route.id));
         let (response, outcome) = match key {
             Ok(key) => self.cached(req, client, route, rm, key).await,
             Err(key::KeyError::NoIdentity) => {
