@@ -37,12 +37,13 @@ impl Reloader {
     pub async fn run(mut self) {
         let mut hup = hangup();
         let mut seen = std::fs::read(&self.path).ok();
+        let polling = !self.interval.is_zero();
         let mut tick = tokio::time::interval(self.interval.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cause = tokio::select! {
                 _ = recv(&mut hup) => "SIGHUP",
-                _ = tick.tick() => {
+                _ = tick.tick(), if polling => {
                     let now = std::fs::read(&self.path).ok();
                     if now.is_none() || now == seen {
                         continue;
