@@ -6,7 +6,6 @@
 //! `DURATION=10` sets the run length in seconds. Results are recorded in `benches/RESULTS.md`.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unreachable_pub)]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
