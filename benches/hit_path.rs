@@ -110,6 +110,9 @@ fn group_entry() -> Entry {
     );
     h.insert(header::ETAG, etag.clone());
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // As the proxy stores them: slots for the fields every answer sets.
+    h.insert(header::AGE, respond::number(0));
+    h.insert(respond::CACHE_STATUS, HeaderValue::from_static("sidecache"));
     Entry {
         status: StatusCode::OK,
         headers: h,

@@ -139,7 +139,7 @@ impl Proxy {
         let path = self.access_log.then(|| req.uri().path().to_string());
         let admission = match self.limiter.is_empty() {
             true => None,
-            false => Some(self.admit(&req, client).await),
+            false => Some(Box::pin(self.admit(&req, client)).await),
         };
         let denied = admission.as_ref().and_then(|a| a.denied.clone());
         let mut answer = match denied {
@@ -191,16 +191,15 @@ impl Proxy {
     async fn dispatch(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
         if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
             let (tags, refresh) = (write.tags.clone(), write.refresh());
-            let (response, outcome) = self.pass(req, client, self.routes.get(None), None).await;
+            let (response, outcome) =
+                Box::pin(self.pass(req, client, self.routes.get(None), None)).await;
             if write.succeeded(response.status().as_u16()) {
                 // Before the response leaves: the caller must read its own write afterwards.
                 let target = Target {
                     tags,
                     ..Target::default()
                 };
-                self.invalidator
-                    .invalidate(target, Source::Write, refresh)
-                    .await;
+                Box::pin(self.invalidator.invalidate(target, Source::Write, refresh)).await;
             }
             return Answer {
                 response,
@@ -215,7 +214,8 @@ impl Proxy {
             (route, key)
         });
         let Some((route, key)) = found else {
-            let (response, outcome) = self.pass(req, client, self.routes.get(None), None).await;
+            let (response, outcome) =
+                Box::pin(self.pass(req, client, self.routes.get(None), None)).await;
             return Answer {
                 response,
                 outcome,
@@ -224,12 +224,20 @@ impl Proxy {
         };
         let rm = self.routes.get(Some(route.id));
         let (response, outcome) = match key {
-            Ok(key) => self.cached(req, client, route, rm, key).await,
+            Ok(key) => {
+                // The hit path stays in this (small) future; everything that may touch the
+                // network runs in boxed futures, so the hit never moves their state around.
+                let head = req.method() == Method::HEAD;
+                match self.lookup(&key, req.headers(), head, Served::Hit) {
+                    Some(resp) => (resp, CacheOutcome::Hit),
+                    None => Box::pin(self.cached(req, client, route, rm, key)).await,
+                }
+            }
             Err(key::KeyError::NoIdentity) => {
                 self.metrics
                     .not_stored(rm, NoStoreReason::NoIdentity.as_str());
                 let status = respond::bypassed(NoStoreReason::NoIdentity);
-                self.pass(req, client, rm, Some(status)).await
+                Box::pin(self.pass(req, client, rm, Some(status))).await
             }
         };
         Answer {
@@ -239,7 +247,7 @@ impl Proxy {
         }
     }
 
-    /// Lookup → (hit | coalesce → fill) for a request on a cached route.
+    /// After an L1 miss on a cached route: coalesce → (L2 | fill).
     async fn cached(
         &self,
         req: Request<Incoming>,
@@ -248,14 +256,11 @@ impl Proxy {
         rm: &RouteMetrics,
         key: CacheKey,
     ) -> (Response<Body>, CacheOutcome) {
-        let head = req.method() == Method::HEAD;
-        if let Some(resp) = self.lookup(&key, req.headers(), head, Served::Hit) {
-            return (resp, CacheOutcome::Hit);
-        }
-        if head {
+        // The caller already looked in L1.
+        if req.method() == Method::HEAD {
             // A HEAD miss cannot fill the cache (no body): forward it as it is.
             let status = respond::bypassed(NoStoreReason::Head);
-            return self.pass(req, client, rm, Some(status)).await;
+            return Box::pin(self.pass(req, client, rm, Some(status))).await;
         }
         for _ in 0..MAX_JOIN_ATTEMPTS {
             match self.coalescer.join(key) {
@@ -270,7 +275,7 @@ impl Proxy {
                         }
                     }
                     let tags = render_tags(route, &req);
-                    let (found, lease) = self.l2_lookup(key, &tags).await;
+                    let (found, lease) = Box::pin(self.l2_lookup(key, &tags)).await;
                     if let Some(entry) = found {
                         if let Some(answer) = self.promote(key, entry, req.headers(), ticket) {
                             guard.complete(FillState::Done(answer.1));
@@ -284,7 +289,7 @@ impl Proxy {
                         guard,
                         ticket,
                     };
-                    return self.fill(req, client, route, rm, fill).await;
+                    return Box::pin(self.fill(req, client, route, rm, fill)).await;
                 }
                 Join::Follower(rx) => {
                     self.metrics.coalesced_wait(rm);
@@ -320,14 +325,14 @@ impl Proxy {
                             return (rescue::rescue(&error), CacheOutcome::Error)
                         }
                         FillState::Pass => {
-                            return self.fetch_uncoalesced(req, client, route, rm).await
+                            return Box::pin(self.fetch_uncoalesced(req, client, route, rm)).await
                         }
                         FillState::Abandoned | FillState::Pending => continue,
                     }
                 }
             }
         }
-        self.fetch_uncoalesced(req, client, route, rm).await
+        Box::pin(self.fetch_uncoalesced(req, client, route, rm)).await
     }
 
     /// A fresh L1 entry for `key`, answered.
@@ -743,6 +748,10 @@ fn build_entry(
         headers.insert(header::CACHE_CONTROL, cc.clone());
     }
     headers.insert(header::CONTENT_LENGTH, respond::number(body.len() as u64));
+    // Slots for the two fields every answer sets: replacing them in the cloned map on a hit
+    // does not grow it (growing reallocates on every request).
+    headers.insert(header::AGE, respond::number(0));
+    headers.insert(CACHE_STATUS, HeaderValue::from_static("sidecache"));
     Entry {
         status: parts.status,
         headers,

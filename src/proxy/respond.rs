@@ -2,6 +2,7 @@
 //! `Cache-Status`), and the `Cache-Status` values of forwarded answers (RFC 9211).
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -73,6 +74,11 @@ pub fn from_entry(
 }
 
 fn cache_status(served: Served, ttl_left: u64) -> HeaderValue {
+    if served == Served::Hit {
+        if let Some(v) = HIT_STATUS.get_or_init(hit_table).get(ttl_left as usize) {
+            return v.clone();
+        }
+    }
     let mut s = String::with_capacity(64);
     match served {
         Served::Hit => s.push_str("sidecache; hit"),
@@ -109,6 +115,54 @@ pub fn bypassed(reason: NoStoreReason) -> HeaderValue {
 }
 
 pub fn number(n: u64) -> HeaderValue {
+    if let Some(v) = NUMBERS.get_or_init(number_table).get(n as usize) {
+        return v.clone();
+    }
     let mut buf = itoa::Buffer::new();
     HeaderValue::from_str(buf.format(n)).expect("digits are a header value")
+}
+
+/// Values every hit sends (`Age: n`, `Cache-Status: sidecache; hit; ttl=n`), precomputed for
+/// n below this: cloning a static value copies two words, where formatting would allocate
+/// twice per request.
+const TABLE_SIZE: usize = 4096;
+static NUMBERS: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+static HIT_STATUS: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+
+fn number_table() -> Vec<HeaderValue> {
+    static_values((0..TABLE_SIZE).map(|n| n.to_string()))
+}
+
+fn hit_table() -> Vec<HeaderValue> {
+    static_values((0..TABLE_SIZE).map(|n| format!("sidecache; hit; ttl={n}")))
+}
+
+/// Leaks the strings once (a few dozen KiB for the life of the process) so that the values
+/// are `from_static` and clone without touching a reference count.
+fn static_values(texts: impl Iterator<Item = String>) -> Vec<HeaderValue> {
+    texts
+        .map(|t| HeaderValue::from_static(Box::leak(t.into_boxed_str())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_match_formatting() {
+        assert_eq!(number(0), "0");
+        assert_eq!(number(4095), "4095");
+        assert_eq!(number(4096), "4096");
+        assert_eq!(number(86_400), "86400");
+        assert_eq!(cache_status(Served::Hit, 59), "sidecache; hit; ttl=59");
+        assert_eq!(
+            cache_status(Served::Hit, 100_000),
+            "sidecache; hit; ttl=100000"
+        );
+        assert_eq!(
+            cache_status(Served::HitL2, 5),
+            "sidecache; hit; detail=l2; ttl=5"
+        );
+    }
 }
