@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sidecache::app::App;
-use sidecache::config::Config;
+use sidecache::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +17,9 @@ struct Cli {
     /// Config file (TOML). Without it, the embedded default (config/sidecache.toml) runs.
     #[arg(long, short, global = true, env = "SIDECACHE_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format: `human` or `json` (overrides `[log] format` and SIDECACHE_LOG_FORMAT).
+    #[arg(long, global = true, value_parser = ["human", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         || "the embedded default config".to_string(),
         |p| p.display().to_string(),
     );
-    let config = match Config::load(cli.config.as_deref()) {
+    let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("sidecache: {source}: {errors}");
@@ -49,6 +52,11 @@ fn main() -> ExitCode {
             config.upstream.url
         );
         return ExitCode::SUCCESS;
+    }
+    match cli.log_format.as_deref() {
+        Some("json") => config.log.format = LogFormat::Json,
+        Some(_) => config.log.format = LogFormat::Human,
+        None => {}
     }
     sidecache::telemetry::init(&config.log);
     let runtime = if config.runtime.worker_threads == 1 {

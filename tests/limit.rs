@@ -148,6 +148,40 @@ async fn headers_tell_clients_where_they_stand() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_request_costs_one_redis_round_trip() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    let pod = Sidecache::start(&origin, &limits(&l2_standalone(&redis.url()), "enforce")).await;
+    pod.get("/api/users/0").await; // loads the script
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    for i in 1..=20 {
+        assert_eq!(pod.get(&format!("/api/users/{i}")).await.status, 200);
+    }
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    // One EVALSHA per request; inside it the script's TIME, GET and SET.
+    assert_eq!(calls("evalsha"), 20, "{stats}");
+    assert_eq!(calls("eval"), 0, "the script stayed loaded: {stats}");
+    let commands: Vec<&str> = stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_")?.split(':').next())
+        .filter(|c| {
+            !matches!(
+                *c,
+                "evalsha" | "time" | "get" | "set" | "publish" | "info" | "config|resetstat"
+            )
+        })
+        .collect();
+    assert!(commands.is_empty(), "unexpected commands {commands:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_mode_counts_but_never_blocks() {
     let redis = RedisServer::start();
     let origin = Origin::start(|_| Reply::json("{}")).await;
