@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -331,13 +330,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response<Body> {
-    let mut resp = Response::new(Body::full(Bytes::from(v.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    crate::proxy::rescue::json_response(status, &v)
 }
 
 fn bad_request(message: &str) -> Response<Body> {
