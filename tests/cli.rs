@@ -90,5 +90,7 @@ fn log_format_flag_is_validated() {
     let out = sidecache(&["--log-format", "yaml", "check"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: human, json"));
-    assert!(sidecache(&["--log-format", "json", "check"]).status.success());
+    assert!(sidecache(&["--log-format", "json", "check"])
+        .status
+        .success());
 }
