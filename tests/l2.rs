@@ -402,26 +402,12 @@ async fn warmup_fills_before_ready() {
         l2_standalone(&redis.url())
     );
     let a = Sidecache::start(&origin, &extra).await;
-    assert!(
-        eventually(Duration::from_secs(5), async || a
-            .admin_get("/readyz")
-            .await
-            .status
-            == 200)
-        .await
-    );
+    a.wait_ready().await;
     assert_eq!(origin.hits(), 3);
     assert_eq!(tier(&a.get("/api/groups/VIP/B").await), "l1");
     // A second pod warms from L2, not from the upstream.
     let b = Sidecache::start(&origin, &extra).await;
-    assert!(
-        eventually(Duration::from_secs(5), async || b
-            .admin_get("/readyz")
-            .await
-            .status
-            == 200)
-        .await
-    );
+    b.wait_ready().await;
     assert_eq!(origin.hits(), 3);
     assert_eq!(
         metric(

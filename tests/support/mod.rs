@@ -230,6 +230,15 @@ impl Sidecache {
         sc
     }
 
+    /// Waits until `/readyz` answers 200 (e.g. after a readiness-gating warmup).
+    pub async fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(5), async || {
+            self.admin_get("/readyz").await.status == 200
+        })
+        .await;
+        assert!(ok, "sidecache never became ready");
+    }
+
     /// Waits until the pub/sub subscription is up (L1 is live, L2's namespace known).
     pub async fn wait_subscribed(&self) {
         let ok = eventually(Duration::from_secs(10), async || {
