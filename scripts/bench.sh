@@ -111,6 +111,10 @@ fi
 
 mkdir -p "$RAW"
 TMP=$(mktemp -d /tmp/sidecache-bench.XXXXXX)
+# Every sidecache instance runs this copy: a rebuild of target/release during the run (another
+# cargo command, the consistency case's `cargo bench`) must not change the binary under test.
+cp "$BIN" "$TMP/sidecache.bin"
+BIN="$TMP/sidecache.bin"
 on_exit() {
     local rc=$?
     set +e
@@ -189,7 +193,8 @@ url() { echo "http://127.0.0.1:${PORT[$1]}${2:-}"; }
 # (origin) static group records, balances and the pass-through answer from `return 200`.
 # Group and balance requests are logged unbuffered (counted to prove hits); the pass-through
 # log is buffered (it sees every timed request).
-cat >"$O/nginx.conf" <<EOF
+origin_conf() {
+    cat >"$O/nginx.conf" <<EOF
 $(nginx_head "$O")
 events { worker_connections 4096; }
 http {
@@ -219,6 +224,7 @@ $(nginx_temp_paths "$O")
     }
 }
 EOF
+}
 count_lines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
 origin_groups() { count_lines "$O/logs/groups.log"; }
 origin_users() { count_lines "$O/logs/users.log"; }
@@ -229,8 +235,9 @@ origin_orders() {
 
 # (1) the ceiling: the same body from `return 200`, no proxy.
 C="$TMP/ceiling"
-mkdir -p "$C/logs"
-cat >"$C/nginx.conf" <<EOF
+ceiling_conf() {
+    mkdir -p "$C/logs"
+    cat >"$C/nginx.conf" <<EOF
 $(nginx_head "$C")
 worker_cpu_affinity $MASK;
 events { worker_connections 4096; }
@@ -250,6 +257,7 @@ $(nginx_temp_paths "$C")
     }
 }
 EOF
+}
 
 # (2) nginx proxy_cache, two flavours. $1 name, $2.. extra http-level directives.
 nginx_cache_conf() {
@@ -291,17 +299,12 @@ $(printf '    %s\n' "$@")
 }
 EOF
 }
-# Stock: Debian's /etc/nginx/nginx.conf http settings.
-nginx_cache_conf nginx "sendfile on;" "tcp_nopush on;"
-# Tuned: the fastest settings found for this object: one writev instead of
-# setsockopt+writev+sendfile+setsockopt, and no open/fstat/close of the cache file per hit.
-nginx_cache_conf nginx-tuned "sendfile off;" \
-    "open_file_cache max=10000 inactive=60s;" "open_file_cache_valid 60s;" "open_file_cache_min_uses 1;"
 
 # Varnish: caches the origin for 1h, passes /api/orders/, says HIT or MISS in X-Cache.
 V="$TMP/varnish"
-mkdir -p "$V"
-cat >"$V/default.vcl" <<EOF
+varnish_conf() {
+    mkdir -p "$V"
+    cat >"$V/default.vcl" <<EOF
 vcl 4.1;
 backend origin {
     .host = "127.0.0.1";
@@ -324,6 +327,7 @@ sub vcl_deliver {
     }
 }
 EOF
+}
 
 # sidecache: $1 name, $2.. extra TOML. The routes are the shipped config's group and balance
 # routes; ttl 1h for both, and `[l1] max_age = "1h"` (default 5m), so that nothing warmed at the
@@ -373,49 +377,90 @@ EOF
 l2_section() { printf '\n[l2]\nurl = "redis://127.0.0.1:%s"\n' "${PORT[$1]}"; }
 # A rule on the hit route that never denies: the cost of a decision, not of a denial.
 LIMIT_RULE=$'\n[[limit]]\nname = "groups"\nroute = "group"\nkey = "ip"\nrate = "1000000000/s"'
-sidecache_conf sidecache
-sidecache_conf sidecache-limit "$LIMIT_RULE"
-sidecache_conf sidecache-l2 "$(l2_section redis-l2)"
-sidecache_conf sidecache-cmd "$(l2_section redis-cmd)" "$LIMIT_RULE"
-sidecache_conf sidecache-redis "$(l2_section redis-redis)"
-sidecache_conf sidecache-mem
+# write_conf SERVER: (re)writes the config of one server with the ports in PORT / ADMIN.
+write_conf() {
+    case $1 in
+    origin) origin_conf ;;
+    ceiling) ceiling_conf ;;
+    # Stock: Debian's /etc/nginx/nginx.conf http settings.
+    nginx) nginx_cache_conf nginx "sendfile on;" "tcp_nopush on;" ;;
+    # Tuned: the fastest settings found for this object: one writev instead of
+    # setsockopt+writev+sendfile+setsockopt, and no open/fstat/close of the cache file per hit.
+    nginx-tuned)
+        nginx_cache_conf nginx-tuned "sendfile off;" \
+            "open_file_cache max=10000 inactive=60s;" "open_file_cache_valid 60s;" "open_file_cache_min_uses 1;"
+        ;;
+    varnish) varnish_conf ;;
+    sidecache | sidecache-mem) sidecache_conf "$1" ;;
+    sidecache-limit) sidecache_conf sidecache-limit "$LIMIT_RULE" ;;
+    sidecache-l2) sidecache_conf sidecache-l2 "$(l2_section redis-l2)" ;;
+    sidecache-cmd) sidecache_conf sidecache-cmd "$(l2_section redis-cmd)" "$LIMIT_RULE" ;;
+    sidecache-redis) sidecache_conf sidecache-redis "$(l2_section redis-redis)" ;;
+    redis-*) mkdir -p "$TMP/$1" ;;
+    *) die "write_conf: unknown server $1" ;;
+    esac
+}
+# Every config is written and checked once up front, so that a bad one fails before any run;
+# `start` writes it again with ports picked at that moment.
+ALL_SERVERS="origin ceiling nginx nginx-tuned varnish sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem"
+for s in $ALL_SERVERS; do write_conf "$s"; done
 for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned"; do
     "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" 2>"$TMP/nginx-t.out" || die "$d/nginx.conf: $(cat "$TMP/nginx-t.out")"
 done
 
 # --- starting servers ------------------------------------------------------------------------------
 start() {
-    local s=$1
+    local s=$1 attempt
     [[ -n ${PID[$s]:-} ]] && return 0
+    # Ports are picked now, not at the top: over a 15-minute run another job (a test suite
+    # starting servers on free ports) may take one. A server that cannot bind is retried.
+    for attempt in 1 2 3; do
+        free_port && PORT[$s]=$FREE_PORT
+        [[ $s == sidecache* ]] && free_port && ADMIN[$s]=$FREE_PORT
+        write_conf "$s"
+        : >"$TMP/$s.out"
+        case $s in
+        origin) spawn origin taskset -c "$LOAD_CPU" "$NGINX" -p "$O" -c "$O/nginx.conf" ;;
+        ceiling) spawn ceiling taskset -c "$PROXY_CPU" "$NGINX" -p "$C" -c "$C/nginx.conf" ;;
+        nginx | nginx-tuned) spawn "$s" taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/$s" -c "$TMP/$s/nginx.conf" ;;
+        varnish)
+            spawn varnish taskset -c "$PROXY_CPU" "$VARNISHD" -F -j none -n "$V/work" \
+                -a "127.0.0.1:${PORT[varnish]}" -f "$V/default.vcl" -s malloc,256m -p thread_pools=1
+            ;;
+        redis-*)
+            spawn "$s" taskset -c "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "${PORT[$s]}" \
+                --save "" --appendonly no --dir "$TMP/$s" --daemonize no
+            ;;
+        sidecache*) spawn "$s" taskset -c "$PROXY_CPU" "$BIN" --config "$TMP/$s/sidecache.toml" ;;
+        *) die "start: unknown server $s" ;;
+        esac
+        if ready "$s"; then
+            return 0
+        fi
+        log "$s did not start (attempt $attempt): $(tail -3 "$TMP/$s.out" | tr '\n' ' ')"
+        stop "$s"
+    done
+    die "$s did not start; its output: $(tail -5 "$TMP/$s.out")"
+}
+# Waits (at most 20 s) until server $1 answers; fails early if it exited.
+ready() {
+    local s=$1 deadline=$((SECONDS + 20)) probe
     case $s in
-    origin) spawn origin taskset -c "$LOAD_CPU" "$NGINX" -p "$O" -c "$O/nginx.conf" ;;
-    ceiling) spawn ceiling taskset -c "$PROXY_CPU" "$NGINX" -p "$C" -c "$C/nginx.conf" ;;
-    nginx | nginx-tuned) spawn "$s" taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/$s" -c "$TMP/$s/nginx.conf" ;;
-    varnish)
-        spawn varnish taskset -c "$PROXY_CPU" "$VARNISHD" -F -j none -n "$V/work" \
-            -a "127.0.0.1:${PORT[varnish]}" -f "$V/default.vcl" -s malloc,256m -p thread_pools=1
-        ;;
-    redis-*)
-        mkdir -p "$TMP/$s"
-        spawn "$s" taskset -c "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "${PORT[$s]}" \
-            --save "" --appendonly no --dir "$TMP/$s" --daemonize no
-        ;;
-    sidecache*) spawn "$s" taskset -c "$PROXY_CPU" "$BIN" --config "$TMP/$s/sidecache.toml" ;;
-    *) die "start: unknown server $s" ;;
-    esac
-    case $s in
-    sidecache*) wait_http "http://127.0.0.1:${ADMIN[$s]}/readyz" 20 ;;
-    redis-*)
-        local deadline=$((SECONDS + 10))
-        until redis-cli -p "${PORT[$s]}" ping 2>/dev/null | grep -q PONG; do
-            ((SECONDS < deadline)) || die "$s did not answer PING"
-            sleep 0.05
-        done
-        ;;
+    sidecache*) probe="http://127.0.0.1:${ADMIN[$s]}/readyz" ;;
+    redis-*) probe= ;;
     # Any answer means it listens; probe a path no case uses, so that warm-ups are first.
-    *) wait_http "$(url "$s" /__probe)" 20 any ;;
+    *) probe=$(url "$s" /__probe) ;;
     esac
-    alive "$s" || die "$s exited at start: $(tail -5 "$TMP/$s.out")"
+    while ((SECONDS < deadline)); do
+        alive "$s" || return 1
+        if [[ -z $probe ]]; then
+            redis-cli -p "${PORT[$s]}" ping 2>/dev/null | grep -q PONG && return 0
+        else
+            curl -sS -o /dev/null --max-time 1 "$probe" 2>/dev/null && return 0
+        fi
+        sleep 0.05
+    done
+    return 1
 }
 
 metrics() { curl -fsS "http://127.0.0.1:${ADMIN[$1]}/metrics"; }
@@ -851,6 +896,8 @@ CONSISTENCY_OUT=""
 if want consistency; then
     log "case consistency: DURATION=$CONSISTENCY_DURATION cargo bench --bench consistency"
     wait_quiet 10 300 || true
+    CONSISTENCY_SRC="work tree at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    [[ -z $(git status --porcelain -- src benches tests Cargo.toml Cargo.lock 2>/dev/null) ]] || CONSISTENCY_SRC+=" + uncommitted changes"
     if DURATION=$CONSISTENCY_DURATION cargo bench --bench consistency --quiet >"$RAW/consistency.txt" 2>"$RAW/consistency.err"; then
         CONSISTENCY_OUT=$(grep -E '^(\||##)' "$RAW/consistency.txt" || true)
     else
@@ -972,6 +1019,8 @@ verdict() { awk -v v="$1" -v o="$2" -v l="$3" 'BEGIN { if (v == "" || v == "–"
     fi
     if [[ -n $CONSISTENCY_OUT ]]; then
         echo "## (8) cross-pod invalidation: \`DURATION=$CONSISTENCY_DURATION cargo bench --bench consistency\`"
+        echo
+        echo "In-process (two pods, a real redis-server, loopback; not pinned), built by cargo from the $CONSISTENCY_SRC."
         echo
         echo "$CONSISTENCY_OUT" | sed 's/^## .*//' | sed '/^$/d'
         echo
