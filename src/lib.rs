@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! Dependencies point one way: `main → app → {proxy, admin, server} → {limit, invalidate, route, cache, warmup}
-//! → redis → {config, metrics, error}`.
+//! → {redis, client} → {config, metrics, error}`.
 //!
 //! - [`config`]: the file format, environment overrides, and validation that lists every problem.
 //! - [`route`]: method + path templates → the route policy and its parameters.
@@ -19,6 +19,8 @@
 //! - [`metrics`]: every Prometheus family, registered in one place.
 //! - [`server`]: HTTP/1.1 serving with graceful shutdown, for both listeners.
 //! - [`redis`]: one Redis client (standalone, Sentinel, Cluster) with timeouts and a breaker.
+//! - [`client`]: the HTTP/1.1 client to the upstream: kept-alive connections read by the
+//!   request's own task.
 //! - [`warmup`]: fetching configured paths through the proxy at start.
 //! - [`reload`]: config reload on file change or SIGHUP, swapping the proxy atomically.
 //! - [`app`]: wiring and the start/stop order.
@@ -34,6 +36,7 @@
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod invalidate;

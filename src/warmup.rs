@@ -6,12 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
+use crate::client::{Client, ClientConfig};
 use crate::config::WarmupConfig;
 
 /// Fetches every configured path; returns (ok, failed) counts.
@@ -22,18 +23,29 @@ pub async fn run(config: &WarmupConfig, proxy: SocketAddr) -> (usize, usize) {
 /// GETs every path through the proxy listener with at most `concurrency` in flight (warmup,
 /// and refresh after invalidation); returns (ok, failed) counts.
 pub async fn fetch_all(paths: &[String], concurrency: usize, proxy: SocketAddr) -> (usize, usize) {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = Client::new(ClientConfig {
+        host: proxy.ip().to_string(),
+        port: proxy.port(),
+        connect_timeout: Duration::from_secs(5),
+        pool_max_idle: concurrency.max(1),
+        pool_idle_timeout: Duration::from_secs(30),
+    });
+    let host =
+        http::HeaderValue::from_str(&proxy.to_string()).expect("an address is a header value");
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for path in paths {
-        let (client, permits) = (client.clone(), permits.clone());
-        let uri = format!("http://{proxy}{path}");
+        let (client, permits, host) = (client.clone(), permits.clone(), host.clone());
+        let uri = path.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore open");
-            let Ok(uri) = uri.parse::<http::Uri>() else {
+            let Ok(req) = http::Request::get(uri.as_str())
+                .header(http::header::HOST, host)
+                .body(Empty::<Bytes>::new())
+            else {
                 return false;
             };
-            match client.get(uri.clone()).await {
+            match client.send(req).await {
                 Ok(resp) => {
                     let ok = resp.status().is_success();
                     let _ = resp.into_body().collect().await;

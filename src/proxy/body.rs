@@ -1,21 +1,22 @@
-//! The one body type of the data path: a buffered body (cache hits, errors), an upstream or
-//! client body streamed as it arrives, or a buffered prefix followed by the rest of a stream
-//! (a fill that outgrew the cacheable size part-way).
+//! The one body type of the answers: a buffered body (cache hits, errors), an upstream body
+//! read as it arrives, or a buffered prefix followed by the rest of an upstream body (a fill
+//! that outgrew the cacheable size part-way).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::client::UpstreamBody;
 
 #[derive(Debug)]
 pub enum Body {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Upstream(UpstreamBody),
     Prefixed {
         prefix: Option<Bytes>,
-        rest: Incoming,
+        rest: UpstreamBody,
     },
 }
 
@@ -32,15 +33,15 @@ impl Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream(inner) => Pin::new(inner).poll_frame(cx),
+            Body::Upstream(inner) => Pin::new(inner).poll_frame(cx),
             Body::Prefixed { prefix, rest } => match prefix.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 None => Pin::new(rest).poll_frame(cx),
@@ -51,7 +52,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(bytes) => bytes.is_none(),
-            Body::Stream(inner) => inner.is_end_stream(),
+            Body::Upstream(inner) => inner.is_end_stream(),
             Body::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
@@ -59,7 +60,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Stream(inner) => inner.size_hint(),
+            Body::Upstream(inner) => inner.size_hint(),
             Body::Prefixed { prefix, rest } => {
                 let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
                 let r = rest.size_hint();

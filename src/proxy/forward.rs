@@ -1,4 +1,4 @@
-//! Forwarding to the upstream: the pooled hyper-util client, and the header rules of a proxy
+//! Forwarding to the upstream: the pooled client, and the header rules of a proxy
 //! (RFC 9110 §7.6: hop-by-hop fields removed both ways, `Via`, `X-Forwarded-For` and
 //! `Forwarded` added). Bodies are passed as streams; nothing here buffers.
 
@@ -6,14 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::Body;
+use crate::client::{Client, ClientConfig, UpstreamBody};
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 
@@ -22,8 +18,10 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 sidecache");
 
-/// Fields that describe one connection, never the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_COUNT: usize = 9;
+/// Fields that describe one connection, never the message (RFC 9110 §7.6.1). `Connection`
+/// comes first: `strip_hop_by_hop` reads its tokens.
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -37,22 +35,45 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // One pass over the names finds which of the fixed set are present (usually none, or
+    // `Connection: keep-alive` from an upstream); only those are removed.
+    let mut present = [false; HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
+        // Fields named in `Connection` beyond the fixed set (rare): `close` and `keep-alive`
+        // are options, not names, and allocate nothing here.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(t))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
-    authority: Authority,
+    client: Client,
     host: HeaderValue,
     timeout: Duration,
     preserve_host: bool,
@@ -60,25 +81,20 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         let authority = config
             .url
             .authority()
-            .cloned()
             .expect("validated upstream url has an authority");
         let host = HeaderValue::from_str(authority.as_str()).expect("authority is a header value");
+        let client = Client::new(ClientConfig {
+            host: authority.host().trim_matches(['[', ']']).to_string(),
+            port: authority.port_u16().unwrap_or(80),
+            connect_timeout: config.connect_timeout,
+            pool_max_idle: config.pool_max_idle,
+            pool_idle_timeout: config.pool_idle_timeout,
+        });
         Upstream {
             client,
-            authority,
             host,
             timeout: config.timeout,
             preserve_host: config.preserve_host,
@@ -91,21 +107,8 @@ impl Upstream {
 
     /// Turns a client request into the upstream request: same method, path, query and body;
     /// hop-by-hop fields removed; forwarding fields added.
-    pub fn prepare<B>(&self, req: Request<B>, client: SocketAddr) -> Request<B> {
-        let (mut parts, body) = req.into_parts();
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(self.authority.clone());
-        uri.path_and_query = Some(pq);
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
-        parts.version = http::Version::HTTP_11;
-
-        let h = &mut parts.headers;
+    pub fn prepare<B>(&self, mut req: Request<B>, client: SocketAddr) -> Request<B> {
+        let h = req.headers_mut();
         strip_hop_by_hop(h);
         let original_host = h.get(header::HOST).cloned();
         if !self.preserve_host || original_host.is_none() {
@@ -113,15 +116,14 @@ impl Upstream {
         }
         add_forwarded(h, client.ip(), original_host.as_ref());
         h.append(header::VIA, VIA_VALUE);
-        Request::from_parts(parts, body)
+        req
     }
 
     /// Sends a prepared request; the timeout covers the wait for the response head.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<UpstreamBody>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.send(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(source_chain(&e))),
-            Ok(Err(e)) => Err(ProxyError::UpstreamProtocol(source_chain(&e))),
+            Ok(Err(e)) => Err(e),
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)
@@ -131,20 +133,24 @@ impl Upstream {
 }
 
 fn add_forwarded(h: &mut HeaderMap, ip: std::net::IpAddr, host: Option<&HeaderValue>) {
-    let ip_text = ip.to_string();
+    let ip_text = ip_text(ip);
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip_text}"),
-        None => ip_text.clone(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {ip_text}")),
+        None => HeaderValue::from_str(&ip_text),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip_text}]\"")
+    let mut fwd = String::with_capacity(64);
+    fwd.push_str("for=");
+    if ip.is_ipv6() {
+        fwd.push_str("\"[");
+        fwd.push_str(&ip_text);
+        fwd.push_str("]\"");
     } else {
-        ip_text
-    };
-    let mut fwd = format!("for={node};proto=http");
+        fwd.push_str(&ip_text);
+    }
+    fwd.push_str(";proto=http");
     if let Some(host) = host.and_then(|v| v.to_str().ok()) {
         if host
             .bytes()
@@ -160,16 +166,22 @@ fn add_forwarded(h: &mut HeaderMap, ip: std::net::IpAddr, host: Option<&HeaderVa
     }
 }
 
-/// The error and its causes on one line: hyper's top-level message alone says too little.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
+/// The address as text; IPv4 without the formatting machinery (this runs per request).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+            out
+        }
+        std::net::IpAddr::V6(_) => ip.to_string(),
     }
-    out
 }
 
 #[cfg(test)]
@@ -190,6 +202,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive , X-Other"),
+        );
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::CONTENT_LENGTH]);
     }
 
     #[test]
@@ -205,6 +228,13 @@ mod tests {
         assert_eq!(
             h.get(header::FORWARDED).unwrap(),
             "for=\"[::1]\";proto=http;host=\"app:8080\""
+        );
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "10.20.0.255".parse().unwrap(), None);
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.20.0.255");
+        assert_eq!(
+            h.get(header::FORWARDED).unwrap(),
+            "for=10.20.0.255;proto=http"
         );
     }
 }

@@ -32,6 +32,7 @@ use crate::cache::{
     clock, key, CacheKey, CacheOutcome, Coalescer, Entry, FillState, Join, L2Key, L2Read, Lease,
     NoStoreReason, L1, L2,
 };
+use crate::client::UpstreamBody;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::invalidate::rules::WriteRules;
@@ -494,7 +495,7 @@ impl Proxy {
                     .headers
                     .insert(CACHE_STATUS, respond::not_stored(status, reason));
                 return (
-                    Response::from_parts(parts, Body::Stream(body)),
+                    Response::from_parts(parts, Body::Upstream(body)),
                     CacheOutcome::Uncacheable,
                 );
             }
@@ -571,7 +572,7 @@ impl Proxy {
                     .headers
                     .insert(CACHE_STATUS, respond::not_stored(status, reason));
                 (
-                    Response::from_parts(parts, Body::Stream(body)),
+                    Response::from_parts(parts, Body::Upstream(body)),
                     CacheOutcome::Uncacheable,
                 )
             }
@@ -589,7 +590,7 @@ impl Proxy {
     ) -> (Response<Body>, CacheOutcome) {
         match self.forward(req, client, rm).await {
             Ok(resp) => {
-                let mut resp = resp.map(Body::Stream);
+                let mut resp = resp.map(Body::Upstream);
                 if let Some(v) = cache_status {
                     resp.headers_mut().insert(CACHE_STATUS, v);
                 }
@@ -606,9 +607,9 @@ impl Proxy {
         req: Request<Incoming>,
         client: SocketAddr,
         rm: &RouteMetrics,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let started = Instant::now();
-        let upstream_req = self.upstream.prepare(req.map(Body::Stream), client);
+        let upstream_req = self.upstream.prepare(req, client);
         let result = self.upstream.send(upstream_req).await;
         let route = rm.name();
         match &result {
@@ -689,11 +690,18 @@ fn l2_read_label(r: &L2Read) -> &'static str {
 
 enum Collected {
     Complete(Bytes),
-    TooLarge { prefix: Bytes, rest: Incoming },
+    TooLarge { prefix: Bytes, rest: UpstreamBody },
 }
 
 /// Buffers a body of at most `limit` bytes; a longer one is handed back with what was read.
-async fn collect_limited(mut body: Incoming, limit: usize) -> Result<Collected, ProxyError> {
+/// The result owns an allocation of its own size: a stored body must not keep the
+/// connection's read buffer (or a doubled growth buffer) alive.
+async fn collect_limited(mut body: UpstreamBody, limit: usize) -> Result<Collected, ProxyError> {
+    if let Some(whole) = body.as_buffered() {
+        if whole.len() <= limit {
+            return Ok(Collected::Complete(Bytes::copy_from_slice(whole)));
+        }
+    }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
@@ -707,7 +715,6 @@ async fn collect_limited(mut body: Incoming, limit: usize) -> Result<Collected, 
             }
         }
     }
-    // Growth may have left up to twice the length allocated; a stored body keeps it all.
     if buf.capacity() > buf.len() + buf.len() / 4 + 64 {
         return Ok(Collected::Complete(Bytes::copy_from_slice(&buf)));
     }

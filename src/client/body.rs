@@ -1,0 +1,172 @@
+//! An upstream response body. Read by the task that awaits it (the request's own task): no
+//! connection task, no channel between the socket and the reader. A body that was already
+//! in the read buffer with its head (most small responses) is handed over whole, and its
+//! connection is back in the pool before the response is written downstream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use super::wire::{Chunked, Step};
+use super::{Conn, Pool};
+
+#[derive(Debug)]
+pub struct UpstreamBody(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    Buffered(Option<Bytes>),
+    Streaming(Box<Streaming>),
+}
+
+#[derive(Debug)]
+struct Streaming {
+    /// `None` once the body ended (the connection went back to the pool or was closed).
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<Pool>,
+}
+
+#[derive(Debug)]
+pub(super) enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+}
+
+impl UpstreamBody {
+    pub(super) fn buffered(bytes: Option<Bytes>) -> UpstreamBody {
+        UpstreamBody(Inner::Buffered(bytes.filter(|b| !b.is_empty())))
+    }
+
+    pub(super) fn streaming(
+        conn: Conn,
+        framing: Framing,
+        keep_alive: bool,
+        pool: Arc<Pool>,
+    ) -> UpstreamBody {
+        UpstreamBody(Inner::Streaming(Box::new(Streaming {
+            conn: Some(conn),
+            framing,
+            keep_alive,
+            pool,
+        })))
+    }
+
+    /// The whole body if it is already in memory (no read needed).
+    pub fn as_buffered(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Inner::Buffered(b) => Some(b.as_deref().unwrap_or_default()),
+            Inner::Streaming(_) => None,
+        }
+    }
+}
+
+impl Streaming {
+    /// The message ended: a connection that may carry another request goes back to the pool.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                self.pool.put(conn);
+            }
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.framing {
+                Framing::Length(0) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !conn.buf.is_empty() => {
+                    let n = (*left).min(conn.buf.len() as u64);
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    *left -= n;
+                    if *left == 0 {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Framing::Chunked(decoder) => match decoder.step(&mut conn.buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(Step::Done) => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::NeedMore) => {}
+                    Err(e) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(protocol(e))));
+                    }
+                },
+                Framing::Close if !conn.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
+                }
+                Framing::Length(_) | Framing::Close => {}
+            }
+            let read = ready!(conn.poll_fill(cx));
+            match read {
+                Ok(0) if matches!(self.framing, Framing::Close) => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(protocol(
+                        "upstream closed the connection in the middle of the body".into(),
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
+fn protocol(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match &mut self.get_mut().0 {
+            Inner::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Streaming(s) => s.poll_frame(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Buffered(bytes) => bytes.is_none(),
+            Inner::Streaming(s) => s.conn.is_none() || matches!(s.framing, Framing::Length(0)),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Streaming(s) => match (&s.conn, &s.framing) {
+                (None, _) => SizeHint::with_exact(0),
+                (Some(_), Framing::Length(left)) => SizeHint::with_exact(*left),
+                (Some(_), _) => SizeHint::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The client against real sockets: a scripted upstream on 127.0.0.1:0 that answers each
+//! request with the bytes a test gives it, so framings and broken connections can be exact.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+/// What the scripted upstream does with request `n` (0-based, over all connections).
+#[derive(Clone)]
+enum Script {
+    /// Write these bytes and keep the connection.
+    Answer(&'static str),
+    /// Write these bytes in two parts with a pause between them, keep the connection.
+    Split(&'static str, &'static str),
+    /// Write these bytes and close.
+    AnswerClose(&'static str),
+}
+
+struct Upstream {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    /// Every request as received (head and body, raw).
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+async fn upstream(script: Vec<Script>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
+            let (script, requests, next) = (script.clone(), r.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(request) = read_request(&mut sock, &mut buf).await else {
+                        return;
+                    };
+                    requests.lock().unwrap().push(request);
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    match script[n.min(script.len() - 1)].clone() {
+                        Script::Answer(a) => sock.write_all(a.as_bytes()).await.unwrap(),
+                        Script::Split(a, b) => {
+                            sock.write_all(a.as_bytes()).await.unwrap();
+                            sock.flush().await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            sock.write_all(b.as_bytes()).await.unwrap();
+                        }
+                        Script::AnswerClose(a) => {
+                            sock.write_all(a.as_bytes()).await.unwrap();
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Upstream {
+        port,
+        connections,
+        requests,
+    }
+}
+
+/// Reads one request: the head, then a body by Content-Length or chunked (up to `0\r\n\r\n`).
+async fn read_request(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let complete = |b: &[u8]| -> Option<usize> {
+        let end = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&b[..end]).to_lowercase();
+        if let Some(i) = head.find("content-length: ") {
+            let n: usize = head[i + 16..].split("\r\n").next()?.parse().ok()?;
+            return (b.len() >= end + n).then_some(end + n);
+        }
+        if head.contains("transfer-encoding: chunked") {
+            let rest = &b[end..];
+            return rest
+                .windows(5)
+                .position(|w| w == b"0\r\n\r\n")
+                .map(|i| end + i + 5);
+        }
+        Some(end)
+    };
+    loop {
+        if let Some(n) = complete(buf) {
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            buf.drain(..n);
+            return Some(request);
+        }
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn client(port: u16) -> Client {
+    Client::new(ClientConfig {
+        host: "127.0.0.1".into(),
+        port,
+        connect_timeout: Duration::from_secs(2),
+        pool_max_idle: 8,
+        pool_idle_timeout: Duration::from_secs(60),
+    })
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "upstream")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+async fn text(resp: Response<UpstreamBody>) -> String {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+const OK_HELLO: &str = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+#[tokio::test]
+async fn a_kept_alive_connection_serves_the_next_request() {
+    let up = upstream(vec![Script::Answer(OK_HELLO)]).await;
+    let c = client(up.port);
+    for _ in 0..3 {
+        let resp = c.send(get("/a?b=1")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.body().as_buffered(), Some(&b"hello"[..]));
+        assert_eq!(text(resp).await, "hello");
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(c.pool.idle(), 1);
+    let first = up.requests.lock().unwrap()[0].clone();
+    assert!(
+        first.starts_with("GET /a?b=1 HTTP/1.1\r\nhost: upstream\r\n"),
+        "{first}"
+    );
+}
+
+#[tokio::test]
+async fn bodies_that_arrive_later_are_streamed_then_the_connection_is_reused() {
+    let up = upstream(vec![
+        Script::Split(
+            "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello",
+            " world",
+        ),
+        Script::Split(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            "6\r\n world\r\n0\r\n\r\n",
+        ),
+        Script::Answer(OK_HELLO),
+    ])
+    .await;
+    let c = client(up.port);
+    let resp = c.send(get("/length")).await.unwrap();
+    assert!(resp.body().as_buffered().is_none());
+    assert_eq!(text(resp).await, "hello world");
+    assert_eq!(c.pool.idle(), 1);
+    let resp = c.send(get("/chunked")).await.unwrap();
+    assert_eq!(text(resp).await, "hello world");
+    assert_eq!(text(c.send(get("/again")).await.unwrap()).await, "hello");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_close_delimited_body_runs_to_the_close_and_is_not_pooled() {
+    let up = upstream(vec![Script::AnswerClose(
+        "HTTP/1.1 200 OK\r\n\r\nuntil the end",
+    )])
+    .await;
+    let c = client(up.port);
+    let resp = c.send(get("/")).await.unwrap();
+    assert_eq!(text(resp).await, "until the end");
+    assert_eq!(c.pool.idle(), 0);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_upstream_is_replaced() {
+    // The upstream closes after each answer without saying so: the pooled connection is dead.
+    let up = upstream(vec![Script::AnswerClose(OK_HELLO)]).await;
+    let c = client(up.port);
+    assert_eq!(text(c.send(get("/1")).await.unwrap()).await, "hello");
+    assert_eq!(c.pool.idle(), 1);
+    // Idempotent, no body: retried on a new connection.
+    assert_eq!(text(c.send(get("/2")).await.unwrap()).await, "hello");
+    // A POST is never replayed; the dead connection is noticed before it is used.
+    let post = Request::post("/3")
+        .header("host", "upstream")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    assert_eq!(text(c.send(post).await.unwrap()).await, "hello");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+    let last = up.requests.lock().unwrap().last().unwrap().clone();
+    assert!(
+        last.contains("content-length: 7\r\n") && last.ends_with("\r\n\r\npayload"),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_bodies_of_unknown_length_are_chunked() {
+    let up = upstream(vec![Script::Answer(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    )])
+    .await;
+    let c = client(up.port);
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"abc"))),
+        Ok(http_body::Frame::data(Bytes::from_static(b"defgh"))),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let req = Request::put("/up")
+        .header("host", "upstream")
+        .body(body)
+        .unwrap();
+    let resp = c.send(req).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(text(resp).await, "ok");
+    let request = up.requests.lock().unwrap()[0].clone();
+    assert!(
+        request.contains("transfer-encoding: chunked\r\n")
+            && request.ends_with("\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n"),
+        "{request}"
+    );
+}
+
+#[tokio::test]
+async fn broken_answers_and_refused_connections_are_errors_of_the_right_kind() {
+    let up = upstream(vec![Script::AnswerClose(
+        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+    )])
+    .await;
+    let c = client(up.port);
+    let resp = c.send(get("/")).await.unwrap();
+    let err = resp.into_body().collect().await.unwrap_err();
+    assert!(err.to_string().contains("middle of the body"), "{err}");
+
+    let up = upstream(vec![Script::AnswerClose("SMTP ready\r\n\r\n")]).await;
+    let err = client(up.port).send(get("/")).await.unwrap_err();
+    assert_eq!(err.kind(), "protocol", "{err:?}");
+
+    // A port that was just free: nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = client(port).send(get("/")).await.unwrap_err();
+    assert_eq!(err.kind(), "connect", "{err:?}");
+}
+
+#[tokio::test]
+async fn idle_connections_expire() {
+    let up = upstream(vec![Script::Answer(OK_HELLO)]).await;
+    let c = Client::new(ClientConfig {
+        pool_idle_timeout: Duration::from_millis(1),
+        ..client(up.port).config.as_ref().clone()
+    });
+    assert_eq!(text(c.send(get("/1")).await.unwrap()).await, "hello");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(text(c.send(get("/2")).await.unwrap()).await, "hello");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}

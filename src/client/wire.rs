@@ -1,0 +1,466 @@
+//! HTTP/1.1 on the wire, without I/O: the request head we write, the response head we parse
+//! (RFC 9112 §6.3 message framing) and the chunked decoder. Pure functions over buffers, so
+//! every framing rule is unit-tested without a socket.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+/// Most header fields accepted in a response head (hyper's default is 100 as well).
+pub const MAX_HEADERS: usize = 100;
+/// Largest response head accepted; beyond it the upstream is answered with a 502.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Longest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 4096;
+
+/// How the request body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body, no framing field needed (GET, HEAD, ... without a body).
+    Empty,
+    /// `Content-Length` is present (the client's, checked by our server) or was added.
+    Length,
+    /// Length unknown up front: `Transfer-Encoding: chunked` is added and chunks are encoded.
+    Chunked,
+}
+
+/// Writes `METHOD path HTTP/1.1`, every field and the framing field into `out`.
+/// `headers` must already be free of hop-by-hop fields (so of any `Transfer-Encoding`).
+pub fn encode_request_head(
+    out: &mut BytesMut,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+    body_len: Option<u64>,
+) {
+    out.reserve(64 + path_and_query.len() + headers.len() * 32);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(path_and_query.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        RequestFraming::Length if !headers.contains_key(header::CONTENT_LENGTH) => {
+            out.put_slice(b"content-length: ");
+            out.put_slice(body_len.unwrap_or(0).to_string().as_bytes());
+            out.put_slice(b"\r\n");
+        }
+        _ => {}
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// One chunk of a chunked request body: size line, data, CRLF.
+pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
+    out.reserve(data.len() + 20);
+    out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+/// The last chunk (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all: HEAD, 1xx, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes; the connection cannot be reused.
+    Close,
+}
+
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this body is read.
+    pub keep_alive: bool,
+}
+
+/// Parses a complete response head at the start of `buf` and removes it from `buf`.
+/// `Ok(None)`: not complete yet (read more). Header values share one buffer with the head
+/// (no copy per field); whoever keeps them long (the cache) copies them.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, String> {
+    // Uninitialised slots: zeroing 100 headers for every parse attempt costs more than the
+    // parse of a typical head.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let result = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    );
+    let len = match result {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(format!("response head over {MAX_HEAD_BYTES} bytes"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("malformed response head: {e}")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| format!("bad status code {code}"))?;
+    let http10 = parsed.version == Some(0);
+    // Offsets into `buf` (name start, name end, value start, value end), so that values can
+    // be slices of the frozen head; on the stack, a head is parsed without an allocation.
+    let base = buf.as_ptr() as usize;
+    let count = parsed.headers.len();
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = [name, name + h.name.len(), value, value + h.value.len()].map(|o| o as u32);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &[ns, ne, vs, ve] in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| "bad header name".to_string())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| format!("bad value in header {name}"))?;
+        headers.append(name, value);
+    }
+
+    let mut keep_alive = !http10;
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                keep_alive = true;
+            }
+        }
+    }
+    let framing = framing(&headers, status, method)?;
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok(Some(ResponseHead {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<Framing, String> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        // Only a final `chunked` delimits the body; any other coding runs to the close.
+        let chunked = last
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        // `Content-Length: 5, 5` and repeated equal fields are one length; different ones
+        // are a smuggling attempt or a broken upstream.
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or("bad Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// What the chunked decoder produced from the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Data(Bytes),
+    /// The buffer holds no complete next element: read more.
+    NeedMore,
+    /// The last chunk and the trailer section were read.
+    Done,
+}
+
+/// The chunked transfer coding (RFC 9112 §7.1), decoded incrementally; trailers are read
+/// and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl Chunked {
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, String> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let digits = std::str::from_utf8(digits.trim_ascii())
+                        .ok()
+                        .filter(|s| !s.is_empty() && s.len() <= 15)
+                        .ok_or("bad chunk size")?;
+                    let size = u64::from_str_radix(digits, 16).map_err(|_| "bad chunk size")?;
+                    *self = if size == 0 {
+                        Chunked::Trailers
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let n = (left as usize).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    *self = match left - n as u64 {
+                        0 => Chunked::DataEnd,
+                        rest => Chunked::Data(rest),
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    buf.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    if line.is_empty() {
+                        *self = Chunked::Done;
+                    }
+                }
+                Chunked::Done => return Ok(Step::Done),
+            }
+        }
+    }
+}
+
+/// Removes one CRLF-terminated line from `buf` (without the CRLF).
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(i) => {
+            let line = buf.split_to(i).freeze();
+            buf.advance(2);
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err("chunk line too long".into()),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, method: Method) -> Result<Option<ResponseHead>, String> {
+        parse_response_head(&mut BytesMut::from(text), &method)
+    }
+
+    #[test]
+    fn request_head_carries_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("b:80"));
+        let mut out = BytesMut::new();
+        encode_request_head(
+            &mut out,
+            &Method::GET,
+            "/a?b=1",
+            &h,
+            RequestFraming::Empty,
+            None,
+        );
+        assert_eq!(&out[..], b"GET /a?b=1 HTTP/1.1\r\nhost: b:80\r\n\r\n");
+        out.clear();
+        encode_request_head(
+            &mut out,
+            &Method::POST,
+            "/",
+            &h,
+            RequestFraming::Chunked,
+            None,
+        );
+        assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+        out.clear();
+        encode_request_head(
+            &mut out,
+            &Method::POST,
+            "/",
+            &h,
+            RequestFraming::Length,
+            Some(0),
+        );
+        assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn head_is_parsed_and_removed() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello");
+        let head = parse_response_head(&mut buf, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more_and_huge_ones_fail() {
+        assert!(parse("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+            .unwrap()
+            .is_none());
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert!(parse(&huge, Method::GET).is_err());
+        assert!(parse("HTTP/1.1 2x0 OK\r\n\r\n", Method::GET).is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |text: &str, m: Method| parse(text, m).unwrap().unwrap().framing;
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD),
+            Framing::Empty
+        );
+        assert_eq!(
+            f("HTTP/1.1 304 Not Modified\r\n\r\n", Method::GET),
+            Framing::Empty
+        );
+        assert_eq!(
+            f("HTTP/1.1 204 No Content\r\n\r\n", Method::GET),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Close
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", Method::GET), Framing::Close);
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
+                Method::GET
+            ),
+            Framing::Length(7)
+        );
+        assert!(parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
+            Method::GET
+        )
+        .is_err());
+        assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Method::GET).is_err());
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let ka = |text: &str| parse(text, Method::GET).unwrap().unwrap().keep_alive;
+        assert!(!ka(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!ka("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(ka(
+            "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!ka("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_reads() {
+        let wire = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n";
+        // Fed one byte at a time: every split point is exercised.
+        let mut dec = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut done = false;
+        for &b in wire.iter() {
+            buf.put_u8(b);
+            loop {
+                match dec.step(&mut buf).unwrap() {
+                    Step::Data(d) => body.extend_from_slice(&d),
+                    Step::NeedMore => break,
+                    Step::Done => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(done);
+        assert!(buf.is_empty());
+        assert_eq!(body, b"hello0123456789");
+    }
+
+    #[test]
+    fn broken_chunks_are_errors() {
+        let step = |text: &str| {
+            let mut dec = Chunked::Size;
+            let mut buf = BytesMut::from(text);
+            loop {
+                match dec.step(&mut buf) {
+                    Ok(Step::Data(_)) => continue,
+                    other => return other,
+                }
+            }
+        };
+        assert!(step("zz\r\n").is_err());
+        assert!(step("3\r\nabcX\r\n").is_err());
+        assert!(step(&"1".repeat(MAX_LINE + 1)).is_err());
+        assert!(step("fffffffffffffffff\r\n").is_err());
+    }
+}
