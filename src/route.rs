@@ -106,7 +106,12 @@ pub fn match_segments<'p>(template: &[Segment], path: &'p str) -> Option<Params<
         values: [""; MAX_PARAMS],
         len: 0,
     };
-    let mut parts = path.split('/');
+    // Split on the byte: `str::split(char)` pays for UTF-8 searching on every request, and
+    // '/' can never be part of a multi-byte character.
+    let mut parts = path
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .map(|p| &path[p.as_ptr() as usize - path.as_ptr() as usize..][..p.len()]);
     for seg in template {
         let part = parts.next()?;
         match seg {

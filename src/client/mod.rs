@@ -130,7 +130,9 @@ impl Client {
         loop {
             let (mut conn, reused) = match (!fresh_only).then(|| self.pool.take()).flatten() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: the connect state (name lookup, TCP connect) is large and rare; kept
+                // inline it would be copied with every request's future.
+                None => (Box::pin(self.connect()).await?, false),
             };
             if reused && !replayable && !conn.is_open() {
                 continue;
