@@ -101,29 +101,19 @@ impl Client {
         B::Error: std::fmt::Display,
     {
         let (parts, body) = req.into_parts();
-        let body_len = body.size_hint().exact();
         let no_body = body.is_end_stream();
-        let framing = if no_body {
-            match parts.method {
-                // A body-carrying method says "no body" explicitly (RFC 9110 §8.6).
-                Method::POST | Method::PUT | Method::PATCH => RequestFraming::Length,
+        let framing = match body.size_hint().exact() {
+            // A body-carrying method says "no body" explicitly (RFC 9110 §8.6).
+            _ if no_body => match parts.method {
+                Method::POST | Method::PUT | Method::PATCH => RequestFraming::Length(0),
                 _ => RequestFraming::Empty,
-            }
-        } else if parts.headers.contains_key(http::header::CONTENT_LENGTH) || body_len.is_some() {
-            RequestFraming::Length
-        } else {
-            RequestFraming::Chunked
+            },
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
         };
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut head = BytesMut::new();
-        wire::encode_request_head(
-            &mut head,
-            &parts.method,
-            path,
-            &parts.headers,
-            framing,
-            body_len,
-        );
+        wire::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
         let replayable = no_body && parts.method.is_idempotent();
         let mut body = std::pin::pin!(body);
         let mut fresh_only = false;
