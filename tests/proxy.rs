@@ -486,3 +486,35 @@ async fn health_readiness_and_graceful_shutdown() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn chunked_request_bodies_are_framed_by_the_proxy_not_by_the_client() {
+    let origin =
+        Origin::start(|req| Reply::json(format!("echo:{}", String::from_utf8_lossy(&req.body))))
+            .await;
+    let sc = Sidecache::start(&origin, ROUTE_GROUP).await;
+    // A chunked body with a Content-Length that disagrees. Had the Content-Length gone
+    // upstream beside the decoded body, the pooled upstream connection would be out of step
+    // and the next request on it would get a wrong answer.
+    let raw = b"POST /api/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+        Content-Length: 3\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let answer = raw_exchange(sc.proxy, raw).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") || answer.ends_with("echo:hello world"),
+        "got {answer:?}"
+    );
+    let raw = b"POST /api/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+        Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let answer = raw_exchange(sc.proxy, raw).await;
+    assert!(answer.ends_with("echo:hello world"), "got {answer:?}");
+    for i in 0..3 {
+        let r = sc
+            .request(Method::POST, "/api/orders", &[], format!("next {i}"))
+            .await;
+        assert_eq!(r.text(), format!("echo:next {i}"));
+    }
+    let seen = origin.requests();
+    assert!(seen
+        .iter()
+        .all(|r| r.headers.get("content-length").is_none_or(|v| v != "3")));
+}
