@@ -10,6 +10,7 @@
 pub mod gcra;
 pub mod local;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ struct Rule {
     local: LocalBuckets,
     /// `RateLimit-Policy` item, prebuilt.
     policy: String,
+    /// The same as a whole field value, for the usual request that one rule applies to.
+    policy_value: Option<HeaderValue>,
 }
 
 /// The outcome of admission for one request.
@@ -72,11 +75,15 @@ impl Limiter {
         let rules = config
             .rules
             .iter()
-            .map(|c| Rule {
-                interval_us: (c.period.as_micros() as u64 / u64::from(c.count)).max(1),
-                local: LocalBuckets::default(),
-                policy: format!("\"{}\";q={};w={}", c.name, c.count, c.period.as_secs()),
-                config: c.clone(),
+            .map(|c| {
+                let policy = format!("\"{}\";q={};w={}", c.name, c.count, c.period.as_secs());
+                Rule {
+                    interval_us: (c.period.as_micros() as u64 / u64::from(c.count)).max(1),
+                    local: LocalBuckets::default(),
+                    policy_value: HeaderValue::from_str(&policy).ok(),
+                    policy,
+                    config: c.clone(),
+                }
             })
             .collect();
         Limiter {
@@ -120,15 +127,17 @@ impl Limiter {
             };
             let identity =
                 route.map_or(&header::AUTHORIZATION, |m| &m.route.config.identity_header);
-            let value = |source: &KeySource| -> Option<Vec<u8>> {
+            let value = |source: &KeySource| -> Option<Cow<'_, [u8]>> {
                 match source {
-                    KeySource::Header(h) => headers.get(h).map(|v| v.as_bytes().to_vec()),
-                    KeySource::Identity => headers.get(identity).map(|v| v.as_bytes().to_vec()),
-                    KeySource::Ip => Some(client_ip(headers, peer).into_bytes()),
+                    KeySource::Header(h) => headers.get(h).map(|v| Cow::Borrowed(v.as_bytes())),
+                    KeySource::Identity => {
+                        headers.get(identity).map(|v| Cow::Borrowed(v.as_bytes()))
+                    }
+                    KeySource::Ip => Some(client_ip(headers, peer)),
                     KeySource::Param(p) => names
                         .iter()
                         .position(|n| n == p)
-                        .map(|i| params.as_slice()[i].as_bytes().to_vec()),
+                        .map(|i| Cow::Borrowed(params.as_slice()[i].as_bytes())),
                 }
             };
             // A request without the key's parts is not this rule's client (e.g. no user id).
@@ -143,7 +152,7 @@ impl Limiter {
         let (verdicts, backend) = self.decide(&applicable).await;
         let mut admission = Admission::default();
         let mut policies = Vec::new();
-        let mut states = Vec::new();
+        let mut states = String::new();
         for ((rule, _), v) in applicable.iter().zip(verdicts) {
             let outcome = match (v.allowed, rule.config.shadow) {
                 (true, _) => "allowed",
@@ -155,16 +164,28 @@ impl Limiter {
                 let secs = v.retry_after_us.div_ceil(1_000_000).max(1);
                 admission.denied = Some((rule.config.name.clone(), secs));
             }
-            policies.push(rule.policy.clone());
-            states.push(format!(
-                "\"{}\";r={};t={}",
-                rule.config.name,
-                v.remaining,
-                v.reset_us.div_ceil(1_000_000)
-            ));
+            policies.push(rule.policy.as_str());
+            // `"name";r=remaining;t=reset`, without the formatting machinery (per request).
+            let mut n = itoa::Buffer::new();
+            if !states.is_empty() {
+                states.push_str(", ");
+            }
+            states.push('"');
+            states.push_str(&rule.config.name);
+            states.push_str("\";r=");
+            states.push_str(n.format(v.remaining));
+            states.push_str(";t=");
+            states.push_str(n.format(v.reset_us.div_ceil(1_000_000)));
         }
-        for (name, items) in [(RATELIMIT_POLICY, policies), (RATELIMIT, states)] {
-            if let Ok(v) = HeaderValue::from_str(&items.join(", ")) {
+        let policy = match applicable.as_slice() {
+            [(rule, _)] => rule.policy_value.clone(),
+            _ => HeaderValue::from_str(&policies.join(", ")).ok(),
+        };
+        for (name, value) in [
+            (RATELIMIT_POLICY, policy),
+            (RATELIMIT, HeaderValue::from_str(&states).ok()),
+        ] {
+            if let Some(v) = value {
                 admission.headers.push((name, v));
             }
         }
@@ -244,7 +265,10 @@ fn verdict(v: &Value) -> Verdict {
 }
 
 /// The hashed key of a client under `rule`; `None` when a part is missing.
-fn client_key(rule: &LimitConfig, value: impl Fn(&KeySource) -> Option<Vec<u8>>) -> Option<u128> {
+fn client_key<'v>(
+    rule: &LimitConfig,
+    value: impl Fn(&KeySource) -> Option<Cow<'v, [u8]>>,
+) -> Option<u128> {
     let mut h = Xxh3::new();
     h.update(rule.name.as_bytes());
     for source in &rule.key {
@@ -257,12 +281,14 @@ fn client_key(rule: &LimitConfig, value: impl Fn(&KeySource) -> Option<Vec<u8>>)
 
 /// The client address: the first `X-Forwarded-For` entry (set by the ingress in front of the
 /// app, since the sidecar's own peer is the app on loopback), else the peer.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
+fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Cow<'_, [u8]> {
     headers
         .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
+        .and_then(|v| v.as_bytes().split(|&b| b == b',').next())
+        .map(<[u8]>::trim_ascii)
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| peer.ip().to_string())
+        .map_or_else(
+            || Cow::Owned(peer.ip().to_string().into_bytes()),
+            Cow::Borrowed,
+        )
 }
