@@ -55,8 +55,9 @@ pub struct Entry {
     tags_at: u32,
     path_at: u32,
     body_at: u32,
-    /// Which stored value is the `ETag`.
-    etag: u32,
+    /// Which stored value is the `ETag` (a `HeaderMap` holds at most 32,768). A `u16` keeps
+    /// the struct at 88 bytes, its `Arc` allocation in glibc's 112-byte chunk rather than 128.
+    etag: u16,
 }
 
 /// Every allocation costs malloc's chunk header and rounding on top of what was asked for
@@ -98,7 +99,7 @@ impl Entry {
         let etag = fields
             .iter()
             .position(|(n, _)| **n == header::ETAG)
-            .expect("an ETag is stored") as u32;
+            .expect("an ETag is stored") as u16;
 
         let values_len: usize = fields.iter().map(|(_, v)| v.len()).sum();
         let tags_len: usize = tags.iter().map(|t| 2 + tag_bytes(t).len()).sum();
@@ -232,6 +233,11 @@ fn tag_bytes(t: &impl AsRef<str>) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_struct_stays_small() {
+        assert!(std::mem::size_of::<Entry>() <= 88);
+    }
 
     fn meta() -> Meta {
         Meta {

@@ -26,18 +26,21 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::entry::MALLOC_OVERHEAD;
 use super::{clock, CacheKey, Entry};
 
-/// The value stored in moka: the entry and how long L1 may keep it.
+/// The value stored in moka: the entry and which L1 age limit applies to it.
 #[derive(Clone)]
 struct Slot {
     entry: Arc<Entry>,
-    max_age: Duration,
+    /// Stored while degraded: kept `degraded_max_age` instead of `max_age`. A flag rather
+    /// than the duration keeps the slot (inline in moka's node) at two words.
+    degraded: bool,
 }
 
 /// What moka keeps per entry besides the value, measured with heaptrack on 103,000 entries
-/// (moka 0.12): the value node (64 B), entry info (48), deque-node cell (48), timer-wheel node
-/// (40), access-order node (24), the `Arc` of the key (32), the hash-table bucket (16) and its
-/// share of the bucket array (~20), plus chunk overhead for the 7 allocations.
-const MOKA_ENTRY_BYTES: usize = 292 + 7 * MALLOC_OVERHEAD;
+/// (moka 0.12): entry info (64 B), the value node holding the [`Slot`] (40), deque-node cell
+/// (48), timer-wheel node (40), access-order node (24), the `Arc` of the key (32), the
+/// hash-table bucket (16) and its share of the bucket array (~20), plus chunk overhead for the
+/// 7 allocations of its own.
+const MOKA_ENTRY_BYTES: usize = 284 + 7 * MALLOC_OVERHEAD;
 
 /// What the tag book keeps per tag of an entry: a 32-byte bucket at hashbrown's load factor,
 /// or an element of a shared tag's key set.
@@ -66,8 +69,6 @@ struct State {
     /// True while invalidation messages may be missed (not subscribed): entries stored then
     /// live at most `degraded_max_age`, which bounds how stale they can get.
     degraded: AtomicBool,
-    max_age: Duration,
-    degraded_max_age: Duration,
     // A std Mutex: held for map operations only, never across an await nor a moka call that
     // could call back into it (the eviction listener never takes it).
     book: Mutex<TagBook>,
@@ -151,14 +152,23 @@ pub struct FillTicket {
     taken: Instant,
 }
 
-/// Expires each entry when its freshness lifetime ends, or after its L1 `max_age`.
-struct ByTtl;
+/// Expires each entry when its freshness lifetime ends, or after its L1 `max_age`
+/// (`degraded_max_age` if stored while degraded).
+struct ByTtl {
+    max_age: Duration,
+    degraded_max_age: Duration,
+}
 
 impl Expiry<CacheKey, Slot> for ByTtl {
     fn expire_after_create(&self, _: &CacheKey, s: &Slot, _: Instant) -> Option<Duration> {
         let e = &s.entry;
         let age_ms = clock::now_ms().saturating_sub(e.stored_at_ms) + e.initial_age * 1000;
-        Some(Duration::from_millis(e.ttl_ms.saturating_sub(age_ms)).min(s.max_age))
+        let max_age = if s.degraded {
+            self.degraded_max_age
+        } else {
+            self.max_age
+        };
+        Some(Duration::from_millis(e.ttl_ms.saturating_sub(age_ms)).min(max_age))
     }
 }
 
@@ -199,15 +209,16 @@ impl L1 {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, s: &Slot| weight(&s.entry))
-            .expire_after(ByTtl)
+            .expire_after(ByTtl {
+                max_age,
+                degraded_max_age,
+            })
             .eviction_listener(move |_, _, cause| on_removal(removal_cause(cause)))
             .build();
         L1 {
             cache,
             state: Arc::new(State {
                 degraded: AtomicBool::new(false),
-                max_age,
-                degraded_max_age,
                 book: Mutex::new(TagBook::default()),
             }),
         }
@@ -250,12 +261,8 @@ impl L1 {
         if self.book().stale(ticket, &key, &tags) {
             return false;
         }
-        let max_age = if self.is_degraded() {
-            self.state.degraded_max_age
-        } else {
-            self.state.max_age
-        };
-        self.cache.insert(key, Slot { entry, max_age });
+        let degraded = self.is_degraded();
+        self.cache.insert(key, Slot { entry, degraded });
         let mut book = self.book();
         if book.stale(ticket, &key, &tags) {
             drop(book);
