@@ -6,8 +6,8 @@
 //!   table (the group route is the first of five).
 //! - `key_derive`: `cache::key::derive` for that match (shared scope, no query).
 //! - `l1_get`: `L1::get` of a stored `Arc<Entry>` (moka lookup + `Arc` clone).
-//! - `respond_from_entry`: `respond::from_entry` alone (header-map clone, `Age`,
-//!   `Cache-Status`), for attribution.
+//! - `respond_from_entry`: `respond::from_entry` alone (the entry's shape template cloned, its
+//!   values, `Age` and `Cache-Status` written in), for attribution.
 //! - `hit_path_full`: find + derive + L1 get + `policy::freshness` + `respond::from_entry`,
 //!   i.e. what `Proxy::lookup` does for a fresh hit, minus hyper's parse/serialise and metrics.
 
@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 use sidecache::cache::policy::{self, Freshness};
-use sidecache::cache::{clock, key, Entry, L1};
+use sidecache::cache::{clock, key, Entry, Meta, L1};
 use sidecache::config::Config;
 use sidecache::proxy::respond::{self, Served};
 use sidecache::route::Router;
@@ -108,23 +108,17 @@ fn group_entry() -> Entry {
         header::LAST_MODIFIED,
         HeaderValue::from_static("Wed, 15 Jan 2025 09:00:00 GMT"),
     );
-    h.insert(header::ETAG, etag.clone());
+    h.insert(header::ETAG, etag);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // As the proxy stores them: slots for the fields every answer sets.
-    h.insert(header::AGE, respond::number(0));
-    h.insert(respond::CACHE_STATUS, HeaderValue::from_static("sidecache"));
-    Entry {
+    let meta = Meta {
         status: StatusCode::OK,
-        headers: h,
-        body,
-        etag,
         last_modified: 1_736_931_600,
         stored_at_ms: clock::now_ms(),
         initial_age: 0,
         ttl_ms: 3_600_000,
-        tags: vec!["group:VIP".into(), "group:VIP:EURUSD".into()],
-        path: PATH.to_string(),
-    }
+    };
+    let tags = ["group:VIP", "group:VIP:EURUSD"];
+    Entry::new(meta, &h, &body, &tags, PATH)
 }
 
 /// Request headers as wrk sends them (Host only) plus what a typical client adds.
@@ -154,9 +148,9 @@ fn benches(c: &mut Criterion) {
     let key = key::derive(&m.route.config, m.params.as_slice(), None, &req_headers).unwrap();
     let entry = std::sync::Arc::new(group_entry());
     assert!(
-        (550..=650).contains(&entry.body.len()),
+        (550..=650).contains(&entry.body_len()),
         "{}",
-        entry.body.len()
+        entry.body_len()
     );
     assert!(l1.insert_fill(key, entry.clone(), l1.begin_fill()));
     assert!(l1.get(&key).is_some());

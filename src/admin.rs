@@ -272,7 +272,7 @@ impl Admin {
                 age_secs,
                 ttl_left_secs,
             } => {
-                json!({"present": true, "status": e.status.as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body.len(), "etag": e.etag.to_str().unwrap_or("")})
+                json!({"present": true, "status": e.status.as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag())})
             }
             Freshness::Stale => json!({"present": true, "stale": true}),
         };

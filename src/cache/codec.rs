@@ -11,11 +11,15 @@
 //! ```
 //! All integers big-endian. A reader meets an unknown version or any inconsistency as a
 //! [`DecodeError`] and treats the value as a miss; the next fill overwrites it.
+//!
+//! The format does not follow L1's packed layout (`entry.rs`): it is the contract between pods
+//! of different versions sharing one Redis, and rebuilding the packed form costs one copy of a
+//! decoded entry, which an L2 hit pays anyway.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::Entry;
+use super::{Entry, Meta};
 
 const MAGIC: &[u8; 2] = b"SC";
 pub const VERSION: u8 = 1;
@@ -29,7 +33,8 @@ pub enum DecodeError {
 }
 
 pub fn encode(e: &Entry) -> Bytes {
-    let mut b = BytesMut::with_capacity(e.body.len() + 64 * (e.headers.len() + 1));
+    let body = e.body();
+    let mut b = BytesMut::with_capacity(body.len() + 64 * (e.headers().count() + 1));
     b.put_slice(MAGIC);
     b.put_u8(VERSION);
     b.put_u16(e.status.as_u16());
@@ -37,20 +42,21 @@ pub fn encode(e: &Entry) -> Bytes {
     b.put_u64(e.initial_age);
     b.put_u64(e.ttl_ms);
     b.put_u64(e.last_modified);
-    put16(&mut b, e.etag.as_bytes());
-    b.put_u16(e.headers.len() as u16);
-    for (k, v) in &e.headers {
+    put16(&mut b, e.etag());
+    // What every answer adds (`Age`, `Cache-Status`) is not stored, as in version 1's writers.
+    b.put_u16(e.headers().count() as u16);
+    for (k, v) in e.headers() {
         put16(&mut b, k.as_str().as_bytes());
         b.put_u32(v.len() as u32);
         b.put_slice(v.as_bytes());
     }
-    b.put_u16(e.tags.len() as u16);
-    for t in &e.tags {
+    b.put_u16(e.tags().count() as u16);
+    for t in e.tags() {
         put16(&mut b, t.as_bytes());
     }
-    put16(&mut b, e.path.as_bytes());
-    b.put_u32(e.body.len() as u32);
-    b.put_slice(&e.body);
+    put16(&mut b, e.path().as_bytes());
+    b.put_u32(body.len() as u32);
+    b.put_slice(&body);
     b.freeze()
 }
 
@@ -130,25 +136,25 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
         let t = r.bytes16()?;
         tags.push(String::from_utf8(t.to_vec()).map_err(|_| DecodeError::Invalid("tag"))?);
     }
-    let path =
-        String::from_utf8(r.bytes16()?.to_vec()).map_err(|_| DecodeError::Invalid("path"))?;
+    let path = r.bytes16()?;
+    let path = std::str::from_utf8(&path).map_err(|_| DecodeError::Invalid("path"))?;
     let len = r.u32()? as usize;
     let body = r.take(len)?;
     if r.pos != r.buf.len() {
         return Err(DecodeError::Invalid("trailing bytes"));
     }
-    Ok(Entry {
+    // The stored fields hold the ETag; a writer that kept it only apart is trusted for it.
+    if !headers.contains_key(http::header::ETAG) {
+        headers.insert(http::header::ETAG, etag);
+    }
+    let meta = Meta {
         status,
-        headers,
-        body,
-        etag,
         last_modified,
         stored_at_ms,
         initial_age,
         ttl_ms,
-        tags,
-        path,
-    })
+    };
+    Ok(Entry::new(meta, &headers, &body, &tags, path))
 }
 
 #[cfg(test)]
@@ -160,34 +166,76 @@ mod tests {
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         headers.append("x-multi", HeaderValue::from_static("a"));
         headers.append("x-multi", HeaderValue::from_static("b"));
-        Entry {
+        headers.insert("etag", HeaderValue::from_static("\"abc\""));
+        let meta = Meta {
             status: StatusCode::OK,
-            headers,
-            body: Bytes::from_static(b"{\"a\":1}"),
-            etag: HeaderValue::from_static("\"abc\""),
             last_modified: 1_700_000_000,
             stored_at_ms: 1_700_000_000_123,
             initial_age: 3,
             ttl_ms: 60_000,
-            tags: vec!["group:VIP".into(), "group:VIP:EURUSD".into()],
-            path: "/api/groups/VIP/EURUSD?x=1".into(),
-        }
+        };
+        let tags = ["group:VIP", "group:VIP:EURUSD"];
+        Entry::new(
+            meta,
+            &headers,
+            b"{\"a\":1}",
+            &tags,
+            "/api/groups/VIP/EURUSD?x=1",
+        )
+    }
+
+    fn fields(e: &Entry) -> Vec<(HeaderName, HeaderValue)> {
+        e.headers().map(|(n, v)| (n.clone(), v)).collect()
     }
 
     #[test]
     fn round_trip() {
         let e = entry();
         let d = decode(encode(&e)).unwrap();
-        assert_eq!(d.status, e.status);
-        assert_eq!(d.headers, e.headers);
-        assert_eq!(d.body, e.body);
-        assert_eq!(d.etag, e.etag);
-        assert_eq!(
-            (d.last_modified, d.stored_at_ms, d.initial_age, d.ttl_ms),
-            (e.last_modified, e.stored_at_ms, e.initial_age, e.ttl_ms)
-        );
-        assert_eq!(d.tags, e.tags);
-        assert_eq!(d.path, e.path);
+        assert_eq!(d.meta(), e.meta());
+        assert_eq!(fields(&d), fields(&e));
+        assert_eq!(d.body(), e.body());
+        assert_eq!(d.etag(), b"\"abc\"");
+        assert!(d.tags().eq(["group:VIP", "group:VIP:EURUSD"]));
+        assert_eq!(d.path(), "/api/groups/VIP/EURUSD?x=1");
+    }
+
+    /// Version 1 as the writers before the packed entry wrote it: `Age` and `Cache-Status`
+    /// slots among the fields, which an answer replaces anyway.
+    #[test]
+    fn reads_what_earlier_writers_wrote() {
+        let mut b = BytesMut::new();
+        b.put_slice(b"SC\x01");
+        b.put_u16(200);
+        for n in [5u64, 0, 60_000, 7] {
+            b.put_u64(n);
+        }
+        put16(&mut b, b"\"e\"");
+        let fields: [(&str, &str); 4] = [
+            ("etag", "\"e\""),
+            ("content-length", "2"),
+            ("age", "0"),
+            ("cache-status", "sidecache"),
+        ];
+        b.put_u16(fields.len() as u16);
+        for (n, v) in fields {
+            put16(&mut b, n.as_bytes());
+            b.put_u32(v.len() as u32);
+            b.put_slice(v.as_bytes());
+        }
+        b.put_u16(1);
+        put16(&mut b, b"t");
+        put16(&mut b, b"/p");
+        b.put_u32(2);
+        b.put_slice(b"ok");
+        let d = decode(b.freeze()).unwrap();
+        assert_eq!(d.stored_at_ms, 5);
+        assert_eq!(d.last_modified, 7);
+        assert_eq!(d.etag(), b"\"e\"");
+        assert_eq!(&d.body()[..], b"ok");
+        assert_eq!(d.headers().count(), 2);
+        assert!(d.tags().eq(["t"]));
+        assert_eq!(d.path(), "/p");
     }
 
     #[test]

@@ -21,15 +21,30 @@ use std::time::{Duration, Instant};
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
+use xxhash_rust::xxh3::xxh3_64;
 
+use super::entry::MALLOC_OVERHEAD;
 use super::{clock, CacheKey, Entry};
 
-/// The value stored in moka: the entry and how long L1 may keep it.
+/// The value stored in moka: the entry and which L1 age limit applies to it.
 #[derive(Clone)]
 struct Slot {
     entry: Arc<Entry>,
-    max_age: Duration,
+    /// Stored while degraded: kept `degraded_max_age` instead of `max_age`. A flag rather
+    /// than the duration keeps the slot (inline in moka's node) at two words.
+    degraded: bool,
 }
+
+/// What moka keeps per entry besides the value, measured with heaptrack on 103,000 entries
+/// (moka 0.12): entry info (64 B), the value node holding the [`Slot`] (40), deque-node cell
+/// (48), timer-wheel node (40), access-order node (24), the `Arc` of the key (32), the
+/// hash-table bucket (16) and its share of the bucket array (~20), plus chunk overhead for the
+/// 7 allocations of its own.
+const MOKA_ENTRY_BYTES: usize = 284 + 7 * MALLOC_OVERHEAD;
+
+/// What the tag book keeps per tag of an entry: a 32-byte bucket at hashbrown's load factor,
+/// or an element of a shared tag's key set.
+const INDEX_BYTES_PER_TAG: usize = 48;
 
 /// Invalidation records are kept this long; a fill older than this is not stored at all,
 /// since the records it would need to be checked against may be gone.
@@ -54,8 +69,6 @@ struct State {
     /// True while invalidation messages may be missed (not subscribed): entries stored then
     /// live at most `degraded_max_age`, which bounds how stale they can get.
     degraded: AtomicBool,
-    max_age: Duration,
-    degraded_max_age: Duration,
     // A std Mutex: held for map operations only, never across an await nor a moka call that
     // could call back into it (the eviction listener never takes it).
     book: Mutex<TagBook>,
@@ -66,12 +79,70 @@ struct TagBook {
     /// Bumped by every invalidation.
     epoch: u64,
     /// The keys in L1 carrying each tag.
-    index: HashMap<String, HashSet<CacheKey>>,
+    index: HashMap<TagId, Keys>,
     /// When each tag / key was last invalidated (epoch, time), for fill checks.
-    tag_epochs: HashMap<String, (u64, Instant)>,
+    tag_epochs: HashMap<TagId, (u64, Instant)>,
     key_epochs: HashMap<CacheKey, (u64, Instant)>,
     /// The epoch of the last clear.
     all_epoch: u64,
+}
+
+/// A tag as the book knows it: its hash, not a `String` per tag per entry (an identity-scoped
+/// route has one tag per user). Two tags with one hash (XXH3-64; not expected among billions)
+/// would make an invalidation of one remove the other's entries too, and a fill of one skip
+/// storing after the other's invalidation: hit rate lost, never a wrong answer.
+type TagId = u64;
+
+fn tag_id(tag: &str) -> TagId {
+    xxh3_64(tag.as_bytes())
+}
+
+/// The keys carrying one tag. Most tags (one per user) have a single key, kept inline; a key is
+/// stored as two words because a `u128` would align the bucket to 16 bytes and make it 48.
+enum Keys {
+    One([u64; 2]),
+    // Boxed: a `HashSet` inline (48 bytes) would widen every bucket of the index, most of
+    // which hold `One`.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashSet<[u64; 2]>>),
+}
+
+fn words(k: CacheKey) -> [u64; 2] {
+    [(k.0 >> 64) as u64, k.0 as u64]
+}
+
+fn key_of(w: [u64; 2]) -> CacheKey {
+    CacheKey((u128::from(w[0]) << 64) | u128::from(w[1]))
+}
+
+impl Keys {
+    fn insert(&mut self, k: [u64; 2]) {
+        match self {
+            Keys::One(one) if *one == k => {}
+            Keys::One(one) => *self = Keys::Many(Box::new(HashSet::from([*one, k]))),
+            Keys::Many(set) => {
+                set.insert(k);
+            }
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(CacheKey)) {
+        match self {
+            Keys::One(k) => f(key_of(*k)),
+            Keys::Many(set) => set.iter().for_each(|k| f(key_of(*k))),
+        }
+    }
+
+    /// Keeps the keys `keep` accepts; false when none is left.
+    fn retain(&mut self, mut keep: impl FnMut(CacheKey) -> bool) -> bool {
+        match self {
+            Keys::One(k) => keep(key_of(*k)),
+            Keys::Many(set) => {
+                set.retain(|k| keep(key_of(*k)));
+                !set.is_empty()
+            }
+        }
+    }
 }
 
 /// Taken before a fill starts reading; presented when it stores.
@@ -81,19 +152,28 @@ pub struct FillTicket {
     taken: Instant,
 }
 
-/// Expires each entry when its freshness lifetime ends, or after its L1 `max_age`.
-struct ByTtl;
+/// Expires each entry when its freshness lifetime ends, or after its L1 `max_age`
+/// (`degraded_max_age` if stored while degraded).
+struct ByTtl {
+    max_age: Duration,
+    degraded_max_age: Duration,
+}
 
 impl Expiry<CacheKey, Slot> for ByTtl {
     fn expire_after_create(&self, _: &CacheKey, s: &Slot, _: Instant) -> Option<Duration> {
         let e = &s.entry;
         let age_ms = clock::now_ms().saturating_sub(e.stored_at_ms) + e.initial_age * 1000;
-        Some(Duration::from_millis(e.ttl_ms.saturating_sub(age_ms)).min(s.max_age))
+        let max_age = if s.degraded {
+            self.degraded_max_age
+        } else {
+            self.max_age
+        };
+        Some(Duration::from_millis(e.ttl_ms.saturating_sub(age_ms)).min(max_age))
     }
 }
 
 impl TagBook {
-    fn stale(&self, ticket: FillTicket, key: &CacheKey, tags: &[String]) -> bool {
+    fn stale(&self, ticket: FillTicket, key: &CacheKey, tags: &[TagId]) -> bool {
         ticket.taken.elapsed() >= RECORD_HORIZON
             || self.all_epoch > ticket.epoch
             || self
@@ -128,16 +208,17 @@ impl L1 {
     ) -> L1 {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_, s: &Slot| s.entry.weight())
-            .expire_after(ByTtl)
+            .weigher(|_, s: &Slot| weight(&s.entry))
+            .expire_after(ByTtl {
+                max_age,
+                degraded_max_age,
+            })
             .eviction_listener(move |_, _, cause| on_removal(removal_cause(cause)))
             .build();
         L1 {
             cache,
             state: Arc::new(State {
                 degraded: AtomicBool::new(false),
-                max_age,
-                degraded_max_age,
                 book: Mutex::new(TagBook::default()),
             }),
         }
@@ -176,16 +257,12 @@ impl L1 {
     /// Stores a fill's result unless an invalidation touching it happened since `ticket`.
     /// Returns whether it was stored.
     pub fn insert_fill(&self, key: CacheKey, entry: Arc<Entry>, ticket: FillTicket) -> bool {
-        if self.book().stale(ticket, &key, &entry.tags) {
+        let tags: Vec<TagId> = entry.tags().map(tag_id).collect();
+        if self.book().stale(ticket, &key, &tags) {
             return false;
         }
-        let tags = entry.tags.clone();
-        let max_age = if self.is_degraded() {
-            self.state.degraded_max_age
-        } else {
-            self.state.max_age
-        };
-        self.cache.insert(key, Slot { entry, max_age });
+        let degraded = self.is_degraded();
+        self.cache.insert(key, Slot { entry, degraded });
         let mut book = self.book();
         if book.stale(ticket, &key, &tags) {
             drop(book);
@@ -193,7 +270,10 @@ impl L1 {
             return false;
         }
         for t in tags {
-            book.index.entry(t).or_default().insert(key);
+            book.index
+                .entry(t)
+                .and_modify(|keys| keys.insert(words(key)))
+                .or_insert(Keys::One(words(key)));
         }
         true
     }
@@ -207,10 +287,12 @@ impl L1 {
             let mut book = self.book();
             book.epoch += 1;
             let epoch = book.epoch;
-            for t in tags {
-                book.tag_epochs.insert(t.clone(), (epoch, now));
-                if let Some(ks) = book.index.remove(t) {
-                    victims.extend(ks);
+            for t in tags.iter().map(|t| tag_id(t)) {
+                book.tag_epochs.insert(t, (epoch, now));
+                if let Some(ks) = book.index.remove(&t) {
+                    ks.for_each(|k| {
+                        victims.insert(k);
+                    });
                 }
             }
             for k in keys {
@@ -240,10 +322,8 @@ impl L1 {
     pub fn sweep_index(&self) {
         let mut book = self.book();
         let cache = &self.cache;
-        book.index.retain(|_, keys| {
-            keys.retain(|k| cache.contains_key(k));
-            !keys.is_empty()
-        });
+        book.index
+            .retain(|_, keys| keys.retain(|k| cache.contains_key(&k)));
     }
 
     /// (entries, bytes) after applying pending bookkeeping, for metrics and stats.
@@ -255,6 +335,14 @@ impl L1 {
     fn book(&self) -> std::sync::MutexGuard<'_, TagBook> {
         self.state.book.lock().expect("tag book lock")
     }
+}
+
+/// What an entry costs L1: the entry itself, moka's node, and its tags in the book.
+fn weight(entry: &Entry) -> u32 {
+    let tags = entry.tags().count() * INDEX_BYTES_PER_TAG;
+    entry
+        .weight()
+        .saturating_add((MOKA_ENTRY_BYTES + tags) as u32)
 }
 
 /// moka's removal causes as metric labels.
@@ -270,22 +358,18 @@ fn removal_cause(cause: RemovalCause) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use http::{HeaderMap, HeaderValue, StatusCode};
+    use crate::cache::entry::Meta;
+    use http::{HeaderMap, StatusCode};
 
     fn entry(tags: &[&str]) -> Arc<Entry> {
-        Arc::new(Entry {
+        let meta = Meta {
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"x"),
-            etag: HeaderValue::from_static("\"x\""),
             last_modified: 0,
             stored_at_ms: clock::now_ms(),
             initial_age: 0,
             ttl_ms: 60_000,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            path: String::new(),
-        })
+        };
+        Arc::new(Entry::new(meta, &HeaderMap::new(), b"x", tags, ""))
     }
 
     fn l1() -> L1 {

@@ -1,5 +1,5 @@
-//! The cache: keys, pure policy, the stored entry, the L1 and L2 tiers, the L2 entry codec
-//! and fill coalescing.
+//! The cache: keys, pure policy, the stored entry and its shared header shapes, the L1 and L2
+//! tiers, the L2 entry codec and fill coalescing.
 //!
 //! This module decides *what* may be stored and served; the proxy decides *when* to ask.
 //! Only L2 talks to the network, through `crate::redis`.
@@ -11,9 +11,10 @@ pub mod key;
 pub mod l1;
 pub mod l2;
 pub mod policy;
+pub mod shape;
 
 pub use coalesce::{Coalescer, FillState, Join};
-pub use entry::Entry;
+pub use entry::{Entry, Meta};
 pub use key::CacheKey;
 pub use l1::L1;
 pub use l2::{L2Key, L2Read, Lease, L2};

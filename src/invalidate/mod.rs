@@ -248,14 +248,14 @@ impl Invalidator {
         let router = self.router.load();
         let paths: Vec<String> = removed
             .iter()
-            .filter(|e| !e.path.is_empty())
+            .filter(|e| !e.path().is_empty())
             .filter(|e| {
-                let path = e.path.split('?').next().unwrap_or_default();
+                let path = e.path().split('?').next().unwrap_or_default();
                 router
                     .find(&Method::GET, path)
                     .is_some_and(|m| m.route.config.scope == Scope::Shared)
             })
-            .map(|e| e.path.clone())
+            .map(|e| e.path().to_string())
             .collect();
         if paths.is_empty() {
             return;

@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use super::body::Body;
 use crate::cache::{policy, Entry, NoStoreReason};
 
-pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub use crate::cache::shape::CACHE_STATUS;
 
 /// Fields a 304 carries when the 200 would have (RFC 9110 §15.4.5).
 const NOT_MODIFIED_FIELDS: [HeaderName; 6] = [
@@ -45,32 +45,30 @@ pub fn from_entry(
     ttl_left_secs: u64,
     served: Served,
 ) -> Response<Body> {
-    let not_modified = policy::not_modified(request_headers, &entry.etag, entry.last_modified);
-    let mut resp = if not_modified {
+    let age = number(age_secs);
+    let status = cache_status(served, ttl_left_secs);
+    if policy::not_modified(request_headers, entry.etag(), entry.last_modified) {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         let h = r.headers_mut();
-        for name in NOT_MODIFIED_FIELDS {
-            for v in entry.headers.get_all(&name) {
-                h.append(name.clone(), v.clone());
+        for (name, value) in entry.headers() {
+            if NOT_MODIFIED_FIELDS.contains(name) {
+                h.append(name.clone(), value);
             }
         }
-        r
+        h.insert(header::AGE, age);
+        h.insert(CACHE_STATUS, status);
+        return r;
+    }
+    let body = if head {
+        Body::empty()
     } else {
-        let body = if head {
-            Body::empty()
-        } else {
-            Body::Full(Some(entry.body.clone()))
-        };
-        let mut r = Response::new(body);
-        *r.status_mut() = entry.status;
-        *r.headers_mut() = entry.headers.clone();
-        r
+        Body::Full(Some(entry.body()))
     };
-    let h = resp.headers_mut();
-    h.insert(header::AGE, number(age_secs));
-    h.insert(CACHE_STATUS, cache_status(served, ttl_left_secs));
-    resp
+    let mut r = Response::new(body);
+    *r.status_mut() = entry.status;
+    *r.headers_mut() = entry.response_headers(age, status);
+    r
 }
 
 fn cache_status(served: Served, ttl_left: u64) -> HeaderValue {
