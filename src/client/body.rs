@@ -64,6 +64,20 @@ impl UpstreamBody {
             Inner::Streaming(_) => None,
         }
     }
+
+    /// The whole body if it is already in memory, else the body as it was.
+    pub fn into_buffered(self) -> Result<Bytes, UpstreamBody> {
+        match self.0 {
+            Inner::Buffered(b) => Ok(b.unwrap_or_default()),
+            streaming => Err(UpstreamBody(streaming)),
+        }
+    }
+}
+
+impl From<Bytes> for UpstreamBody {
+    fn from(bytes: Bytes) -> UpstreamBody {
+        UpstreamBody::buffered(Some(bytes))
+    }
 }
 
 impl Streaming {

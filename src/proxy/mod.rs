@@ -694,14 +694,14 @@ enum Collected {
 }
 
 /// Buffers a body of at most `limit` bytes; a longer one is handed back with what was read.
-/// The result owns an allocation of its own size: a stored body must not keep the
-/// connection's read buffer (or a doubled growth buffer) alive.
-async fn collect_limited(mut body: UpstreamBody, limit: usize) -> Result<Collected, ProxyError> {
-    if let Some(whole) = body.as_buffered() {
-        if whole.len() <= limit {
-            return Ok(Collected::Complete(Bytes::copy_from_slice(whole)));
-        }
-    }
+/// (The entry copies what it keeps into its own buffer, so the result may share the
+/// connection's read buffer.)
+async fn collect_limited(body: UpstreamBody, limit: usize) -> Result<Collected, ProxyError> {
+    let mut body = match body.into_buffered() {
+        Ok(whole) if whole.len() <= limit => return Ok(Collected::Complete(whole)),
+        Ok(whole) => UpstreamBody::from(whole),
+        Err(streaming) => streaming,
+    };
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
@@ -714,9 +714,6 @@ async fn collect_limited(mut body: UpstreamBody, limit: usize) -> Result<Collect
                 });
             }
         }
-    }
-    if buf.capacity() > buf.len() + buf.len() / 4 + 64 {
-        return Ok(Collected::Complete(Bytes::copy_from_slice(&buf)));
     }
     Ok(Collected::Complete(buf.freeze()))
 }
