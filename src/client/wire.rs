@@ -133,29 +133,60 @@ pub fn parse_response_head(
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    let mut seen = Delimiters::default();
     for &[ns, ne, vs, ve] in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| "bad header name".to_string())?;
+        let raw = &head[vs as usize..ve as usize];
+        // `Connection` and `Transfer-Encoding` describe this connection and this message's
+        // framing: the client consumes them, as it decodes the body.
+        if name == header::CONNECTION {
+            seen.connection(raw);
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            // Only a final `chunked` delimits the body; any other coding runs to the close.
+            let last = raw.rsplit(|&b| b == b',').next().unwrap_or_default();
+            seen.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            seen.content_length(raw);
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| format!("bad value in header {name}"))?;
         headers.append(name, value);
     }
-
-    let mut keep_alive = !http10;
-    for v in headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
-                keep_alive = true;
-            }
+    for name in seen.listed {
+        headers.remove(name);
+    }
+    let framing = if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else if let Some(chunked) = seen.chunked {
+        // With a transfer coding, a Content-Length is wrong by definition (RFC 9112 §6.3):
+        // passed on, it would frame the decoded body downstream wrongly.
+        headers.remove(header::CONTENT_LENGTH);
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
         }
-    }
-    let framing = framing(&headers, status, method)?;
-    if framing == Framing::Close {
-        keep_alive = false;
-    }
+    } else {
+        match seen.length {
+            Length::None => Framing::Close,
+            Length::One(n) => Framing::Length(n),
+            Length::Bad => return Err("bad or conflicting Content-Length".into()),
+        }
+    };
+    let keep_alive = match seen.persistence {
+        _ if framing == Framing::Close => false,
+        Some(persist) => persist,
+        None => !http10,
+    };
     Ok(Some(ResponseHead {
         status,
         headers,
@@ -164,48 +195,54 @@ pub fn parse_response_head(
     }))
 }
 
-fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<Framing, String> {
-    if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        // Only a final `chunked` delimits the body; any other coding runs to the close.
-        let chunked = last
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        });
-    }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        // `Content-Length: 5, 5` and repeated equal fields are one length; different ones
-        // are a smuggling attempt or a broken upstream.
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or("bad Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values".into());
+/// What the fields of a head say about the connection and the body's framing.
+#[derive(Default)]
+struct Delimiters {
+    /// `Connection: close` (false) or, for HTTP/1.0, `keep-alive` (true).
+    persistence: Option<bool>,
+    /// Other names listed in `Connection`: hop-by-hop fields to drop (RFC 9110 §7.6.1).
+    listed: Vec<HeaderName>,
+    /// A `Transfer-Encoding` was sent; true when its last coding is `chunked`.
+    chunked: Option<bool>,
+    length: Length,
+}
+
+#[derive(Default, PartialEq, Eq)]
+enum Length {
+    #[default]
+    None,
+    One(u64),
+    /// Unparseable, or values that disagree (a smuggling attempt or a broken upstream).
+    Bad,
+}
+
+impl Delimiters {
+    fn connection(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.persistence = Some(false);
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.persistence = self.persistence.or(Some(true));
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                self.listed.push(name);
             }
-            length = Some(n);
         }
     }
-    Ok(length.map_or(Framing::Close, Framing::Length))
+
+    /// `Content-Length: 5, 5` and repeated equal fields are one length.
+    fn content_length(&mut self, value: &[u8]) {
+        for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            let n = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok());
+            self.length = match (&self.length, n) {
+                (Length::None, Some(n)) => Length::One(n),
+                (Length::One(l), Some(n)) if *l == n => Length::One(n),
+                _ => Length::Bad,
+            };
+        }
+    }
 }
 
 /// What the chunked decoder produced from the buffer.
@@ -402,6 +439,22 @@ mod tests {
         )
         .is_err());
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Method::GET).is_err());
+    }
+
+    #[test]
+    fn connection_fields_are_consumed_and_a_coded_body_loses_its_length() {
+        let head = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\
+             Transfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.keep_alive);
+        // Only the end-to-end field is left: the body reaches the caller decoded, and a
+        // Content-Length of the coded body would frame it wrongly downstream.
+        assert_eq!(head.headers.keys().collect::<Vec<_>>(), ["x-end"]);
     }
 
     #[test]
