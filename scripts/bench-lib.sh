@@ -13,7 +13,7 @@ die() {
 }
 
 # --- tools -----------------------------------------------------------------------------------
-# need_tools wrk nginx varnish redis curl taskset ps: installs (apt-get) what is missing.
+# need_tools wrk nginx varnish redis curl taskset ps valgrind: installs (apt-get) what is missing.
 need_tools() {
     local t pkgs=()
     for t in "$@"; do
@@ -25,6 +25,7 @@ need_tools() {
         curl) command -v curl >/dev/null 2>&1 || pkgs+=(curl) ;;
         taskset) command -v taskset >/dev/null 2>&1 || pkgs+=(util-linux) ;;
         ps) command -v ps >/dev/null 2>&1 || pkgs+=(procps) ;;
+        valgrind) command -v valgrind >/dev/null 2>&1 || pkgs+=(valgrind) ;;
         cc) command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev) ;; # varnishd compiles VCL
         *) die "need_tools: unknown tool $t" ;;
         esac

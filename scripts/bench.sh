@@ -464,6 +464,15 @@ ready() {
 }
 
 metrics() { curl -fsS "http://127.0.0.1:${ADMIN[$1]}/metrics"; }
+# wait_subscribed SERVER 0|1 WHY: polls (15 s at most) until SERVER's pub/sub connection is in
+# that state, or dies saying WHY.
+wait_subscribed() {
+    local deadline=$((SECONDS + 15))
+    until [[ $(metrics "$1" | msum '^sidecache_pubsub_connected') == "$2" ]]; do
+        ((SECONDS < deadline)) || die "$1 $3"
+        sleep 0.2
+    done
+}
 # Sum of the samples of metric lines matching the ERE $2 in the /metrics text on stdin.
 msum() { awk -v re="$1" '$0 !~ /^#/ && $1 ~ re { s += $NF } END { printf "%.0f", s }'; }
 
@@ -810,11 +819,7 @@ if want redis; then
     start redis-redis
     start sidecache-redis
     # Until subscribed, L1 is degraded (entries live 5 s): wait for the subscription.
-    deadline=$((SECONDS + 15))
-    until [[ $(metrics sidecache-redis | msum '^sidecache_pubsub_connected') == 1 ]]; do
-        ((SECONDS < deadline)) || die "sidecache-redis never subscribed"
-        sleep 0.2
-    done
+    wait_subscribed sidecache-redis 1 "never subscribed"
     curl -fsS -o /dev/null "$(url sidecache-redis "$HOT")"
     check_hit sidecache-redis "$HOT"
     prime "$CONNECTIONS" "$HOT" sidecache-redis
@@ -825,11 +830,7 @@ if want redis; then
     up_origin=$(($(origin_groups) - before))
     stop redis-redis
     t_kill=$SECONDS
-    deadline=$((SECONDS + 15))
-    until [[ $(metrics sidecache-redis | msum '^sidecache_pubsub_connected') == 0 ]]; do
-        ((SECONDS < deadline)) || die "sidecache-redis did not notice that Redis is gone"
-        sleep 0.2
-    done
+    wait_subscribed sidecache-redis 0 "did not notice that Redis is gone"
     curl -fsS -o /dev/null "$(url sidecache-redis "$HOT")"
     check_hit sidecache-redis "$HOT"
     metrics sidecache-redis >"$RAW/sidecache-redis-down-before.txt"

@@ -6,85 +6,72 @@
 #   PATH_UNDER_TEST=/api/groups/VIP/EURUSD scripts/instructions-per-request.sh   # L1 hits (sidecache only)
 #   SIDECACHE_BIN=/tmp/old-sidecache scripts/instructions-per-request.sh        # another build
 #
-# The origin is an nginx `return 200` of a 538-byte JSON body; each server runs under callgrind
+# The origin is an nginx `return 200` of a ~540-byte JSON body; each server runs under callgrind
 # while `wrk -t1 -c16` drives it for DURATION seconds; the count includes start-up (about 1M
-# instructions, noise beside the requests). Needs valgrind, nginx and wrk (apt-get).
+# instructions, noise beside the requests). Installs valgrind, nginx and wrk when missing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+BENCH_TAG=ipr
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
+
 DURATION=${DURATION:-8}
 PATH_UNDER_TEST=${PATH_UNDER_TEST:-/api/orders/1}
-BIN=${SIDECACHE_BIN:-$ROOT/target/release/sidecache}
-for tool in valgrind nginx wrk curl callgrind_annotate; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk curl)" >&2; exit 1; }
-done
-[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --quiet)
-
+need_tools valgrind wrk nginx curl
+build_sidecache
 TMP=$(mktemp -d /tmp/sidecache-ipr.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap cleanup_processes EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_up() {
-    local deadline=$((SECONDS + 60))
-    until curl -s -o /dev/null "$1"; do
-        ((SECONDS < deadline)) || { echo "$1 did not answer" >&2; exit 1; }
-        sleep 0.2
-    done
-}
 BODY="{\"id\":1001,\"symbol\":\"EURUSD\",\"side\":\"buy\",\"volume\":1.5,\"price\":1.08345,\"comment\":\"$(printf 'x%.0s' $(seq 440))\"}"
-nginx_conf() { # $1 dir, $2 port, $3 location body, $4 extra http directives
-    mkdir -p "$1/logs"
-    cat >"$1/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
+# nginx_conf DIR PORT LOCATION [HTTP-DIRECTIVE...]: one server, all paths inside DIR.
+nginx_conf() {
+    local dir=$1 port=$2 location=$3
+    shift 3
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<EOF
+$(nginx_head "$dir")
 master_process ${MASTER:-on};
-pid $1/nginx.pid;
-error_log $1/error.log warn;
 events { worker_connections 1024; }
 http {
+$(nginx_temp_paths "$dir")
     access_log off;
-    client_body_temp_path $1/cb; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft;
-    uwsgi_temp_path $1/ut; scgi_temp_path $1/st;
     keepalive_requests 100000000;
-    $4
-    server { listen 127.0.0.1:$2; location / { $3 } }
+$(printf '    %s\n' "$@")
+    server { listen 127.0.0.1:$port; location / { $location } }
 }
 EOF
 }
 
-ORIGIN=$(free_port)
-nginx_conf "$TMP/origin" "$ORIGIN" "default_type application/json; return 200 '$BODY';" ""
-nginx -p "$TMP/origin" -c "$TMP/origin/nginx.conf" &
-PIDS+=($!)
-wait_up "http://127.0.0.1:$ORIGIN/"
+free_port && ORIGIN=$FREE_PORT
+nginx_conf "$TMP/origin" "$ORIGIN" "default_type application/json; return 200 '$BODY';"
+spawn origin "$NGINX" -p "$TMP/origin" -c "$TMP/origin/nginx.conf"
+wait_http "http://127.0.0.1:$ORIGIN/" 20
 
-# count NAME FILE URL: drives URL with wrk under the callgrind run (writing FILE) that is
-# already starting.
+# count NAME URL: drives URL with wrk while server NAME runs under callgrind (writing
+# $TMP/NAME.cg), then ends it with SIGINT so that callgrind writes its counts.
 count() {
-    local name=$1 file=$2 url=$3 out requests total
-    wait_up "$url"
-    curl -s -o /dev/null "$url"
+    local name=$1 url=$2 out requests total
+    wait_http "$url" 60
+    curl -fsS -o /dev/null "$url"
     out=$(wrk -t1 -c16 -d"${DURATION}s" "$url")
     requests=$(awk '/requests in/ { print $1 }' <<<"$out")
-    kill -INT "${PIDS[-1]}"
-    wait "${PIDS[-1]}" 2>/dev/null || true
-    total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+    kill -INT "${PID[$name]}"
+    wait "${PID[$name]}" 2>/dev/null || true
+    unset "PID[$name]"
+    total=$(callgrind_annotate "$TMP/$name.cg" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
     printf '| %s | %s | %s | %s |\n' "$name" "$requests" "$total" "$((total / requests))"
 }
 
 echo "| server | requests | instructions | per request |"
 echo "|---|---:|---:|---:|"
-PROXY=$(free_port)
+free_port && PROXY=$FREE_PORT
+free_port && ADMIN_PORT=$FREE_PORT
 cat >"$TMP/sidecache.toml" <<EOF
 [listen]
 proxy = "127.0.0.1:$PROXY"
-admin = "127.0.0.1:$(free_port)"
+admin = "127.0.0.1:$ADMIN_PORT"
 [upstream]
 url = "http://127.0.0.1:$ORIGIN"
 [runtime]
@@ -98,16 +85,14 @@ match = "GET /api/groups/{group}/{symbol}"
 ttl = "1h"
 tags = ["group:{group}"]
 EOF
-valgrind --tool=callgrind --callgrind-out-file="$TMP/sidecache.cg" "$BIN" --config "$TMP/sidecache.toml" >"$TMP/sidecache.log" 2>&1 &
-PIDS+=($!)
-count sidecache "$TMP/sidecache.cg" "http://127.0.0.1:$PROXY$PATH_UNDER_TEST"
+spawn sidecache valgrind --tool=callgrind --callgrind-out-file="$TMP/sidecache.cg" "$BIN" --config "$TMP/sidecache.toml"
+count sidecache "http://127.0.0.1:$PROXY$PATH_UNDER_TEST"
 
 if [[ $PATH_UNDER_TEST != /api/groups/* ]]; then
-    NGINX_PORT=$(free_port)
+    free_port && NGINX_PORT=$FREE_PORT
     MASTER=off nginx_conf "$TMP/nginx" "$NGINX_PORT" \
         'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";' \
         "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }"
-    valgrind --tool=callgrind --callgrind-out-file="$TMP/nginx.cg" nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
-    PIDS+=($!)
-    count "nginx proxy_pass" "$TMP/nginx.cg" "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
+    spawn nginx valgrind --tool=callgrind --callgrind-out-file="$TMP/nginx.cg" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf"
+    count nginx "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
 fi
