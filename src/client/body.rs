@@ -57,14 +57,6 @@ impl UpstreamBody {
         })))
     }
 
-    /// The whole body if it is already in memory (no read needed).
-    pub fn as_buffered(&self) -> Option<&[u8]> {
-        match &self.0 {
-            Inner::Buffered(b) => Some(b.as_deref().unwrap_or_default()),
-            Inner::Streaming(_) => None,
-        }
-    }
-
     /// The whole body if it is already in memory, else the body as it was.
     pub fn into_buffered(self) -> Result<Bytes, UpstreamBody> {
         match self.0 {
@@ -84,9 +76,7 @@ impl Streaming {
     /// The message ended: a connection that may carry another request goes back to the pool.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.keep_alive && conn.buf.is_empty() {
-                self.pool.put(conn);
-            }
+            self.pool.release(conn, self.keep_alive);
         }
     }
 

@@ -150,9 +150,7 @@ impl Client {
         };
         let body = match body {
             Some(bytes) => {
-                if keep_alive && conn.buf.is_empty() {
-                    self.pool.put(conn);
-                }
+                self.pool.release(conn, keep_alive);
                 UpstreamBody::buffered(Some(bytes))
             }
             None => {
@@ -340,6 +338,15 @@ impl Pool {
         // The newest one is too old: so are all the others.
         idle.clear();
         None
+    }
+
+    /// Takes back the connection of a completely read answer, if it can carry another
+    /// request: the upstream allows it, and nothing beyond the answer arrived (bytes after it
+    /// would be read as the next answer).
+    fn release(&self, conn: Conn, keep_alive: bool) {
+        if keep_alive && conn.buf.is_empty() {
+            self.put(conn);
+        }
     }
 
     fn put(&self, conn: Conn) {
