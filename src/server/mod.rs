@@ -1,6 +1,8 @@
 //! Serving HTTP/1.1 on a listener until told to stop, then letting in-flight requests finish
 //! within a grace period. Used by both the proxy and the admin listener.
 
+mod timer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -41,7 +43,6 @@ pub async fn serve<H, F, B>(
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
         .keep_alive(true)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .header_read_timeout(settings.header_read_timeout);
@@ -66,7 +67,10 @@ pub async fn serve<H, F, B>(
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let conn = builder
+            .clone()
+            .timer(timer::ConnTimer::new())
+            .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(error) = conn.await {
@@ -85,3 +89,6 @@ pub async fn serve<H, F, B>(
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! The slow-loris bound against a real listener: a raw client that sends heads as slowly as
+//! the test wants.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::*;
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A server answering every request with "ok"; its address, and the sender that stops it.
+async fn start(header_read_timeout: Duration) -> (SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let settings = ConnSettings {
+        max_header_bytes: 8192,
+        header_read_timeout,
+    };
+    let handler = |_req: Request<Incoming>, _peer: SocketAddr| async {
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    };
+    tokio::spawn(serve(
+        listener,
+        settings,
+        handler,
+        stop_rx,
+        Duration::from_secs(1),
+    ));
+    (addr, stop)
+}
+
+/// Reads one answer to `REQUEST` (its body is the last two bytes read).
+async fn read_answer(sock: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = sock.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// Waits (at most 10 s) for the server to close `sock`; returns how long that took.
+async fn closed_after(sock: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk))
+            .await
+            .expect("the server closes the connection");
+        if matches!(read, Ok(0) | Err(_)) {
+            return started.elapsed();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_head_that_never_completes_is_cut_off() {
+    let (addr, _stop) = start(Duration::from_millis(300)).await;
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let waited = closed_after(&mut sock).await;
+    assert!(waited >= Duration::from_millis(250), "closed after {waited:?}");
+}
+
+#[tokio::test]
+async fn the_bound_starts_again_with_every_head() {
+    let (addr, _stop) = start(Duration::from_millis(600)).await;
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    // Four requests over 1.2 s on one connection, each head whole, 300 ms after the answer
+    // before it: all are answered, though together they take longer than the bound.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sock.write_all(REQUEST).await.unwrap();
+        assert!(read_answer(&mut sock).await.starts_with("HTTP/1.1 200"));
+    }
+    // The bound still holds for the next head, counted from the last answer.
+    sock.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let waited = closed_after(&mut sock).await;
+    assert!(waited >= Duration::from_millis(400), "closed after {waited:?}");
+}
