@@ -27,6 +27,8 @@ pub async fn fetch_all(paths: &[String], concurrency: usize, proxy: SocketAddr) 
         host: proxy.ip().to_string(),
         port: proxy.port(),
         connect_timeout: Duration::from_secs(5),
+        // The proxy answers within its own upstream timeout; this only ends a hung exchange.
+        timeout: Duration::from_secs(60),
         pool_max_idle: concurrency.max(1),
         pool_idle_timeout: Duration::from_secs(30),
     });

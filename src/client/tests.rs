@@ -19,6 +19,8 @@ enum Script {
     Split(&'static str, &'static str),
     /// Write these bytes and close.
     AnswerClose(&'static str),
+    /// Never answer; keep the connection.
+    Silent,
 }
 
 struct Upstream {
@@ -60,6 +62,7 @@ async fn upstream(script: Vec<Script>) -> Upstream {
                             sock.write_all(a.as_bytes()).await.unwrap();
                             return;
                         }
+                        Script::Silent => {}
                     }
                 }
             });
@@ -109,6 +112,7 @@ fn client(port: u16) -> Client {
         host: "127.0.0.1".into(),
         port,
         connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(10),
         pool_max_idle: 8,
         pool_idle_timeout: Duration::from_secs(60),
     })
@@ -271,5 +275,40 @@ async fn idle_connections_expire() {
     assert_eq!(text(c.send(get("/1")).await.unwrap()).await, "hello");
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(text(c.send(get("/2")).await.unwrap()).await, "hello");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+fn with_timeout(port: u16, timeout: Duration) -> Client {
+    Client::new(ClientConfig {
+        timeout,
+        ..client(port).config.as_ref().clone()
+    })
+}
+
+#[tokio::test]
+async fn each_request_on_a_pooled_connection_gets_its_own_deadline() {
+    let up = upstream(vec![Script::Answer(OK_HELLO)]).await;
+    let c = with_timeout(up.port, Duration::from_millis(300));
+    for path in ["/1", "/2", "/3"] {
+        assert_eq!(text(c.send(get(path)).await.unwrap()).await, "hello");
+        // Longer than the timeout: a deadline left over from this request would have passed.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_answer_later_than_the_timeout_is_a_timeout() {
+    let up = upstream(vec![Script::Answer(OK_HELLO), Script::Silent]).await;
+    let c = with_timeout(up.port, Duration::from_millis(300));
+    assert_eq!(text(c.send(get("/1")).await.unwrap()).await, "hello");
+    let started = Instant::now();
+    match c.send(get("/2")).await {
+        Err(ProxyError::UpstreamTimeout) => {}
+        other => panic!("expected a timeout, got {:?}", other.map(|r| r.status())),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // The silent connection is not pooled: the next request connects anew.
+    let _ = c.send(get("/3")).await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }

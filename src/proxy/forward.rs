@@ -90,6 +90,7 @@ impl Upstream {
             host: authority.host().trim_matches(['[', ']']).to_string(),
             port: authority.port_u16().unwrap_or(80),
             connect_timeout: config.connect_timeout,
+            timeout: config.timeout,
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout,
         });
@@ -121,14 +122,9 @@ impl Upstream {
 
     /// Sends a prepared request; the timeout covers the wait for the response head.
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<UpstreamBody>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.send(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(mut resp)) => {
-                strip_hop_by_hop(resp.headers_mut());
-                Ok(resp)
-            }
-        }
+        let mut resp = self.client.send(req).await?;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
     }
 }
 
