@@ -30,7 +30,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -105,9 +105,15 @@ impl Client {
     /// Sends `req` as it is (path and query from its URI; the caller has prepared the
     /// headers, hop-by-hop fields already removed) and returns the response head with a body
     /// that reads on demand. Interim (1xx) responses are skipped.
-    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<UpstreamBody>, ProxyError>
+    ///
+    /// The head is encoded before the returned future is first polled, so that the future
+    /// holds the encoded head and not the request (a future is copied whole when it moves).
+    pub fn send<'a, B>(
+        &'a self,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
     where
-        B: HttpBody<Data = Bytes>,
+        B: HttpBody<Data = Bytes> + 'a,
         B::Error: std::fmt::Display,
     {
         let (parts, body) = req.into_parts();
@@ -126,27 +132,46 @@ impl Client {
         wire::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
         let replayable = no_body && parts.method.is_idempotent();
         let deadline = Instant::now() + self.config.timeout;
-        let mut body = std::pin::pin!(body);
-        let mut fresh_only = false;
-        loop {
-            let (mut conn, reused) = match (!fresh_only).then(|| self.pool.take()).flatten() {
-                Some(conn) => (conn, true),
-                // Boxed: the connect state (name lookup, TCP connect) is large and rare; kept
-                // inline it would be copied with every request's future.
-                None => (Box::pin(self.connect(deadline)).await?, false),
-            };
-            if reused && !replayable && !conn.is_open() {
-                continue;
-            }
-            conn.deadline.as_mut().reset(deadline.into());
-            let answer = exchange(&mut conn, &head, framing, body.as_mut(), &parts.method).await;
-            match answer {
-                Ok(answer) => return Ok(self.response(conn, answer)),
-                Err(f) if reused && replayable && f.nothing_received => {
-                    tracing::debug!(error = %f.error, "Reused upstream connection was closed; retrying on a new one.");
-                    fresh_only = true;
+        let http::request::Parts {
+            method,
+            // Its allocation is reused for the answer's fields.
+            mut headers,
+            ..
+        } = parts;
+        async move {
+            let mut body = std::pin::pin!(body);
+            let mut fresh_only = false;
+            loop {
+                let (mut conn, reused) = match (!fresh_only).then(|| self.pool.take()).flatten() {
+                    Some(conn) => (conn, true),
+                    // Boxed: the connect state (name lookup, TCP connect) is large and rare;
+                    // kept inline it would be copied with every request's future.
+                    None => {
+                        let connect = Box::pin(self.connect(deadline));
+                        (connect.await?, false)
+                    }
+                };
+                if reused && !replayable && !conn.is_open() {
+                    continue;
                 }
-                Err(f) => return Err(f.error),
+                conn.deadline.as_mut().reset(deadline.into());
+                let answer = exchange(
+                    &mut conn,
+                    &head,
+                    framing,
+                    body.as_mut(),
+                    &method,
+                    &mut headers,
+                )
+                .await;
+                match answer {
+                    Ok(answer) => return Ok(self.response(conn, answer)),
+                    Err(f) if reused && replayable && f.nothing_received => {
+                        tracing::debug!(error = %f.error, "Reused upstream connection was closed; retrying on a new one.");
+                        fresh_only = true;
+                    }
+                    Err(f) => return Err(f.error),
+                }
             }
         }
     }
@@ -227,13 +252,14 @@ async fn exchange<B>(
     framing: RequestFraming,
     body: std::pin::Pin<&mut B>,
     method: &Method,
+    headers: &mut HeaderMap,
 ) -> Result<ResponseHead, Failure>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
     let Conn { io, buf, deadline } = conn;
-    let mut talk = std::pin::pin!(talk(io, buf, head, framing, body, method));
+    let mut talk = std::pin::pin!(talk(io, buf, head, framing, body, method, headers));
     poll_fn(|cx| match talk.as_mut().poll(cx) {
         Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(Failure {
             error: ProxyError::UpstreamTimeout,
@@ -244,7 +270,7 @@ where
     .await
 }
 
-/// Writes the request, then reads until a final response head is parsed.
+/// Writes the request, then reads until a final response head is parsed into `headers`.
 async fn talk<B>(
     io: &mut TcpStream,
     buf: &mut BytesMut,
@@ -252,6 +278,7 @@ async fn talk<B>(
     framing: RequestFraming,
     mut body: std::pin::Pin<&mut B>,
     method: &Method,
+    headers: &mut HeaderMap,
 ) -> Result<ResponseHead, Failure>
 where
     B: HttpBody<Data = Bytes>,
@@ -291,7 +318,7 @@ where
         }
     }
     loop {
-        match wire::parse_response_head(buf, method) {
+        match wire::parse_response_head(buf, method, headers) {
             Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(Failure {
                     error: ProxyError::UpstreamProtocol(

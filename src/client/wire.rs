@@ -96,10 +96,13 @@ pub struct ResponseHead {
 
 /// Parses a complete response head at the start of `buf` and removes it from `buf`.
 /// `Ok(None)`: not complete yet (read more). Header values share one buffer with the head
-/// (no copy per field); whoever keeps them long (the cache) copies them.
+/// (no copy per field); whoever keeps them long (the cache) copies them. The fields go into
+/// `headers`, cleared first and moved into the head returned: the client passes the request's
+/// own map, whose allocation then serves the answer.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
+    headers: &mut HeaderMap,
 ) -> Result<Option<ResponseHead>, String> {
     // Uninitialised slots: zeroing 100 headers for every parse attempt costs more than the
     // parse of a typical head.
@@ -132,10 +135,11 @@ pub fn parse_response_head(
         *span = [name, name + h.name.len(), value, value + h.value.len()].map(|o| o as u32);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    headers.clear();
+    headers.reserve(count);
     let mut seen = Delimiters::default();
     for &[ns, ne, vs, ve] in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+        let name = header_name(&head[ns as usize..ne as usize])
             .map_err(|_| "bad header name".to_string())?;
         let raw = &head[vs as usize..ve as usize];
         // `Connection` and `Transfer-Encoding` describe this connection and this message's
@@ -189,10 +193,35 @@ pub fn parse_response_head(
     };
     Ok(Some(ResponseHead {
         status,
-        headers,
+        headers: std::mem::take(headers),
         framing,
         keep_alive,
     }))
+}
+
+/// Names most answers carry, matched before the general parse (a validating, case-folding
+/// lookup over every standard name, several times the cost for these).
+const COMMON_NAMES: [HeaderName; 10] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::DATE,
+    header::SERVER,
+    header::CONNECTION,
+    header::CACHE_CONTROL,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::VARY,
+    header::TRANSFER_ENCODING,
+];
+
+fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    for name in &COMMON_NAMES {
+        let known = name.as_str().as_bytes();
+        if known.len() == raw.len() && known.eq_ignore_ascii_case(raw) {
+            return Ok(name.clone());
+        }
+    }
+    HeaderName::from_bytes(raw)
 }
 
 /// What the fields of a head say about the connection and the body's framing.
@@ -340,7 +369,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, method: Method) -> Result<Option<ResponseHead>, String> {
-        parse_response_head(&mut BytesMut::from(text), &method)
+        parse_response_head(&mut BytesMut::from(text), &method, &mut HeaderMap::new())
     }
 
     #[test]
@@ -376,7 +405,7 @@ mod tests {
     fn head_is_parsed_and_removed() {
         let mut buf =
             BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello");
-        let head = parse_response_head(&mut buf, &Method::GET)
+        let head = parse_response_head(&mut buf, &Method::GET, &mut HeaderMap::new())
             .unwrap()
             .unwrap();
         assert_eq!(head.status, 200);
@@ -384,6 +413,35 @@ mod tests {
         assert!(head.keep_alive);
         assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn names_in_any_case_and_a_reused_map_give_the_answer_only() {
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::HOST,
+            HeaderValue::from_static("left from the request"),
+        );
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\ncontent-type: a/b\r\nCONTENT-LENGTH: 0\r\nEtag: \"1\"\r\n\
+             Date-Time: x\r\nVaryX: y\r\n\r\n",
+        );
+        let head = parse_response_head(&mut buf, &Method::GET, &mut map)
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = head.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "content-length",
+                "etag",
+                "date-time",
+                "varyx"
+            ]
+        );
+        assert_eq!(head.headers[header::ETAG], "\"1\"");
+        assert_eq!(head.framing, Framing::Length(0));
     }
 
     #[test]

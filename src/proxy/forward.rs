@@ -2,9 +2,11 @@
 //! (RFC 9110 §7.6: hop-by-hop fields removed both ways, `Via`, `X-Forwarded-For` and
 //! `Forwarded` added). Bodies are passed as streams; nothing here buffers.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -121,45 +123,93 @@ impl Upstream {
     }
 
     /// Sends a prepared request; the timeout covers the wait for the response head.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<UpstreamBody>, ProxyError> {
-        let mut resp = self.client.send(req).await?;
-        strip_hop_by_hop(resp.headers_mut());
-        Ok(resp)
+    pub fn send(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
+        // A combinator, not an `async` block: that would hold the client's future twice (as
+        // captured, and as awaited), and the request beside it.
+        self.client.send(req).map(|sent| {
+            let mut resp = sent?;
+            strip_hop_by_hop(resp.headers_mut());
+            Ok(resp)
+        })
     }
 }
 
 fn add_forwarded(h: &mut HeaderMap, ip: std::net::IpAddr, host: Option<&HeaderValue>) {
-    let ip_text = ip_text(ip);
+    let (address, forwarded) = forwarding_values(ip, host);
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {ip_text}")),
-        None => HeaderValue::from_str(&ip_text),
+        Some(prev) => {
+            let address = address.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {address}")).ok()
+        }
+        None => Some(address),
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
-    let mut fwd = String::with_capacity(64);
-    fwd.push_str("for=");
-    if ip.is_ipv6() {
-        fwd.push_str("\"[");
-        fwd.push_str(&ip_text);
-        fwd.push_str("]\"");
-    } else {
-        fwd.push_str(&ip_text);
+    h.append(header::FORWARDED, forwarded);
+}
+
+/// The values a client at `ip` asking for `host` gets: its address as text (for
+/// `X-Forwarded-For`) and the `Forwarded` element. A sidecar's requests come from one app with
+/// one `Host`, over and over, so the last pair built on each thread is kept: building them
+/// (address text, two buffers, validation) was ~500 instructions per request.
+fn forwarding_values(
+    ip: std::net::IpAddr,
+    host: Option<&HeaderValue>,
+) -> (HeaderValue, HeaderValue) {
+    struct Last {
+        ip: std::net::IpAddr,
+        /// A copy: the request's own value shares (and would keep) hyper's read buffer.
+        host: Option<HeaderValue>,
+        address: HeaderValue,
+        forwarded: HeaderValue,
     }
-    fwd.push_str(";proto=http");
-    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
-        if host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some(l) = last
+            .as_ref()
+            .filter(|l| l.ip == ip && l.host.as_ref() == host)
         {
-            fwd.push_str(";host=\"");
-            fwd.push_str(host);
-            fwd.push('"');
+            return (l.address.clone(), l.forwarded.clone());
         }
-    }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        h.append(header::FORWARDED, v);
-    }
+        let text = ip_text(ip);
+        let mut fwd = String::with_capacity(64);
+        fwd.push_str("for=");
+        if ip.is_ipv6() {
+            fwd.push_str("\"[");
+            fwd.push_str(&text);
+            fwd.push_str("]\"");
+        } else {
+            fwd.push_str(&text);
+        }
+        fwd.push_str(";proto=http");
+        if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+            if host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                fwd.push_str(";host=\"");
+                fwd.push_str(host);
+                fwd.push('"');
+            }
+        }
+        let address = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .expect("an address is a header value");
+        let forwarded = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd))
+            .expect("only visible ASCII was written");
+        *last = Some(Last {
+            ip,
+            host: host.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
+            address: address.clone(),
+            forwarded: forwarded.clone(),
+        });
+        (address, forwarded)
+    })
 }
 
 /// The address as text; IPv4 without the formatting machinery (this runs per request).
@@ -232,5 +282,20 @@ mod tests {
             h.get(header::FORWARDED).unwrap(),
             "for=10.20.0.255;proto=http"
         );
+        // The same client again, then with another Host: the kept values follow both.
+        for host in [None, Some("b:1"), Some("c:2"), None] {
+            let mut h = HeaderMap::new();
+            let host = host.map(HeaderValue::from_static);
+            add_forwarded(&mut h, "10.20.0.255".parse().unwrap(), host.as_ref());
+            let expected = match &host {
+                Some(host) => format!(
+                    "for=10.20.0.255;proto=http;host=\"{}\"",
+                    host.to_str().unwrap()
+                ),
+                None => "for=10.20.0.255;proto=http".to_string(),
+            };
+            assert_eq!(h.get(header::FORWARDED).unwrap(), expected.as_str());
+            assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.20.0.255");
+        }
     }
 }

@@ -16,11 +16,13 @@ pub mod forward;
 pub mod rescue;
 pub mod respond;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
@@ -592,47 +594,51 @@ impl Proxy {
     }
 
     /// Forwards untouched, marking the answer with `cache_status` when given.
-    async fn pass(
-        &self,
+    /// Forwards a request whose answer is not stored. Like [`Self::forward`], a combinator
+    /// and not an `async fn`: the future holds the client's future once, without the request
+    /// beside it (a request's future is copied whole when it moves).
+    fn pass<'a>(
+        &'a self,
         req: Request<Incoming>,
         client: SocketAddr,
-        rm: &RouteMetrics,
+        rm: &'a RouteMetrics,
         cache_status: Option<HeaderValue>,
-    ) -> (Response<Body>, CacheOutcome) {
-        match self.forward(req, client, rm).await {
-            Ok(resp) => {
-                let mut resp = resp.map(Body::Upstream);
-                if let Some(v) = cache_status {
-                    resp.headers_mut().insert(CACHE_STATUS, v);
+    ) -> impl Future<Output = (Response<Body>, CacheOutcome)> + 'a {
+        self.forward(req, client, rm)
+            .map(move |forwarded| match forwarded {
+                Ok(resp) => {
+                    let mut resp = resp.map(Body::Upstream);
+                    if let Some(v) = cache_status {
+                        resp.headers_mut().insert(CACHE_STATUS, v);
+                    }
+                    (resp, CacheOutcome::Bypass)
                 }
-                (resp, CacheOutcome::Bypass)
-            }
-            Err(error) => (rescue::rescue(&error), CacheOutcome::Error),
-        }
+                Err(error) => (rescue::rescue(&error), CacheOutcome::Error),
+            })
     }
 
     /// Streams a request to the upstream and returns its response head, counting duration
     /// and errors.
-    async fn forward(
-        &self,
+    fn forward<'a>(
+        &'a self,
         req: Request<Incoming>,
         client: SocketAddr,
-        rm: &RouteMetrics,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        rm: &'a RouteMetrics,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
         let started = Instant::now();
-        let upstream_req = self.upstream.prepare(req, client);
-        let result = self.upstream.send(upstream_req).await;
-        let route = rm.name();
-        match &result {
-            Ok(_) => self
-                .metrics
-                .upstream_duration(rm, started.elapsed().as_secs_f64()),
-            Err(error) => {
-                self.metrics.upstream_error(rm, error.kind());
-                tracing::warn!(route, %error, "Upstream request failed.");
+        let sent = self.upstream.send(self.upstream.prepare(req, client));
+        sent.map(move |result| {
+            match &result {
+                Ok(_) => self
+                    .metrics
+                    .upstream_duration(rm, started.elapsed().as_secs_f64()),
+                Err(error) => {
+                    self.metrics.upstream_error(rm, error.kind());
+                    tracing::warn!(route = rm.name(), %error, "Upstream request failed.");
+                }
             }
-        }
-        result
+            result
+        })
     }
 }
 

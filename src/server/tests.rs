@@ -64,9 +64,14 @@ async fn closed_after(sock: &mut TcpStream) -> Duration {
 async fn a_head_that_never_completes_is_cut_off() {
     let (addr, _stop) = start(Duration::from_millis(300)).await;
     let mut sock = TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let waited = closed_after(&mut sock).await;
-    assert!(waited >= Duration::from_millis(250), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -83,5 +88,8 @@ async fn the_bound_starts_again_with_every_head() {
     // The bound still holds for the next head, counted from the last answer.
     sock.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let waited = closed_after(&mut sock).await;
-    assert!(waited >= Duration::from_millis(400), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?}"
+    );
 }
