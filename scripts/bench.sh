@@ -932,6 +932,10 @@ declare -A LABEL=(
     [sidecache-L1]="sidecache, L1 hits (case keys-uniform, for reference)"
     [redis-up]="sidecache, Redis up"
     [redis-down]="sidecache, Redis killed"
+    # Per case where the same server plays another part (looked up first).
+    [miss/sidecache]="sidecache, pass-through (no cached route)"
+    [miss/nginx]="nginx proxy_pass, no cache (keepalive 64)"
+    [miss/varnish]="Varnish, pass"
 )
 col() { awk -v c="$1" -v l="$2" -v k="$3" '$1 == c && $2 == l { print $k }' "$RESULTS"; }
 declare -A MED P50 P99
@@ -978,7 +982,7 @@ verdict() { awk -v v="$1" -v o="$2" -v l="$3" 'BEGIN { if (v == "" || v == "–"
             mx=$(col "$c" "$l" 4 | sort -g | tail -1)
             cores=$(printf '%.2f' "$(col "$c" "$l" 7 | median)")
             fl=$(col "$c" "$l" 13 | grep -v '^-$' | tr ',' '\n' | grep . | sort -u | paste -sd, - || true)
-            echo "| $cname | ${LABEL[$l]:-$l} | ${MED[$k]} | $mn..$mx | ${P50[$k]} | ${P99[$k]} | $rr | $pr | $cores | ${fl:-} |"
+            echo "| $cname | ${LABEL[$c/$l]:-${LABEL[$l]:-$l}} | ${MED[$k]} | $mn..$mx | ${P50[$k]} | ${P99[$k]} | $rr | $pr | $cores | ${fl:-} |"
         done
     done
     echo
