@@ -228,12 +228,31 @@ async fn a_fill_that_started_before_a_write_does_not_store_its_old_value() {
         let value = format!("after-{name}");
         let w = a.request(Method::PUT, &write, &[], value.clone()).await;
         assert_eq!(w.status, 200);
+        // On the pod that took the write, a read that starts now joins no fill begun before it.
+        let after_write = (name == "same pod").then(|| {
+            let a = a.clone();
+            tokio::spawn(async move { a.get(path).await })
+        });
         let old = slow.await.unwrap();
         assert_ne!(
             old.text(),
             value,
             "the slow fill answered with what it read"
         );
+        if name == "same pod" {
+            let status = old.header("cache-status");
+            assert!(
+                status.contains("detail=invalidated") && !status.contains("stored"),
+                "{status}"
+            );
+        }
+        if let Some(read) = after_write {
+            assert_eq!(
+                read.await.unwrap().text(),
+                value,
+                "a read after the write got the old value"
+            );
+        }
         // Its result was stored nowhere: both pods now read the new value.
         for pod in [&a, &b] {
             let fresh = eventually(Duration::from_secs(5), async || {

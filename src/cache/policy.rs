@@ -22,10 +22,12 @@ pub enum NoStoreReason {
     TooLarge,
     NoIdentity,
     Head,
+    /// An invalidation overlapped the fill: what it read may predate a write.
+    Invalidated,
 }
 
 impl NoStoreReason {
-    pub const ALL: [NoStoreReason; 10] = [
+    pub const ALL: [NoStoreReason; 11] = [
         Self::Status,
         Self::SetCookie,
         Self::NoStore,
@@ -36,6 +38,7 @@ impl NoStoreReason {
         Self::TooLarge,
         Self::NoIdentity,
         Self::Head,
+        Self::Invalidated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl NoStoreReason {
             Self::TooLarge => "too_large",
             Self::NoIdentity => "no_identity",
             Self::Head => "head",
+            Self::Invalidated => "invalidated",
         }
     }
 }

@@ -547,7 +547,17 @@ impl Proxy {
 
         let now = clock::now_ms();
         let entry = Arc::new(build_entry(route, path, parts, body, ttl, tags, now));
-        self.l1.insert_fill(key, entry.clone(), ticket);
+        if !self.l1.insert_fill(key, entry.clone(), ticket) {
+            // An invalidation overlapped this fill, so what it read may predate a write. This
+            // request was under way before the write was acknowledged and may have the answer;
+            // a follower may have come after it, so each fetches its own, and L2 gets nothing.
+            self.metrics
+                .not_stored(rm, NoStoreReason::Invalidated.as_str());
+            guard.complete(FillState::Pass);
+            let served = Served::Invalidated { fwd_status: status };
+            let resp = respond::from_entry(&entry, &client_headers, false, 0, 0, served);
+            return (resp, CacheOutcome::Uncacheable);
+        }
         guard.complete(FillState::Done(entry.clone()));
         if let (Some(l2), Some((l2key, token))) = (&self.l2, lease.take()) {
             l2.put(&l2key, &token, &entry, now).await;

@@ -31,6 +31,8 @@ pub enum Served {
     HitL2,
     /// Fetched by this request and stored.
     Stored { fwd_status: u16 },
+    /// Fetched by this request, not stored: an invalidation overlapped the fetch.
+    Invalidated { fwd_status: u16 },
     /// Fetched by a concurrent request; this one waited for it.
     Collapsed { fwd_status: u16 },
 }
@@ -86,6 +88,9 @@ fn cache_status(served: Served, ttl_left: u64) -> HeaderValue {
         }
         Served::Collapsed { fwd_status } => {
             let _ = write!(s, "sidecache; fwd=miss; fwd-status={fwd_status}; collapsed");
+        }
+        Served::Invalidated { fwd_status } => {
+            return not_stored(fwd_status, NoStoreReason::Invalidated);
         }
     }
     let _ = write!(s, "; ttl={ttl_left}");
