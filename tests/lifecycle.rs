@@ -29,6 +29,15 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 const PRICE_ROUTE: &str =
     "[[route]]\nname = \"price\"\nmatch = \"GET /api/prices/{symbol}\"\nttl = \"1h\"\n";
 
+/// Swaps in a new file whole, as a ConfigMap update does. Written in place, the poller can read
+/// it truncated: seen in CI, an empty read rejected on the way to the good file, which then
+/// made the wait for the bad file's rejection end early.
+fn replace_file(file: &std::path::Path, text: &str) {
+    let next = file.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, file).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_config_file_is_reloaded_and_a_bad_one_keeps_the_old() {
     let origin = Origin::start(|_| Reply::json("{}")).await;
@@ -81,7 +90,7 @@ async fn a_changed_config_file_is_reloaded_and_a_bad_one_keeps_the_old() {
         "no price route yet"
     );
 
-    std::fs::write(&file, format!("{base}{PRICE_ROUTE}")).unwrap();
+    replace_file(&file, &format!("{base}{PRICE_ROUTE}"));
     let reloaded = eventually(Duration::from_secs(5), async || {
         get("/api/prices/EURUSD").await;
         get("/api/prices/EURUSD")
@@ -101,11 +110,10 @@ async fn a_changed_config_file_is_reloaded_and_a_bad_one_keeps_the_old() {
     );
 
     // A broken file is refused; the running config (with the price route) stays.
-    std::fs::write(
+    replace_file(
         &file,
-        format!("{base}{PRICE_ROUTE}[[route]]\nname = \"bad\"\nttl = \"soon\"\n"),
-    )
-    .unwrap();
+        &format!("{base}{PRICE_ROUTE}[[route]]\nname = \"bad\"\nttl = \"soon\"\n"),
+    );
     let refused = eventually(Duration::from_secs(5), async || {
         metric(
             &metrics().await,
@@ -121,7 +129,7 @@ async fn a_changed_config_file_is_reloaded_and_a_bad_one_keeps_the_old() {
         .header("cache-status")
         .starts_with("sidecache; hit"));
     // Fixing it applies again.
-    std::fs::write(&file, &base).unwrap();
+    replace_file(&file, &base);
     let fixed = eventually(Duration::from_secs(5), async || {
         metric(&metrics().await, "sidecache_config_valid", &[]) == 1.0
     })
