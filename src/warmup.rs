@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -245,7 +245,9 @@ impl Client {
     }
 }
 
-/// [`talk`], within the connection's deadline.
+/// [`talk`], within the connection's deadline. It takes `talk`'s arguments rather than its
+/// future: a future passed in would be held twice in the caller's state (the argument and the
+/// awaited copy), measured 824 -> 1,096 bytes for the client's send.
 async fn exchange<B>(
     conn: &mut Conn,
     head: &[u8],
