@@ -1,6 +1,7 @@
 //! Serving HTTP/1.1 on a listener until told to stop, then letting in-flight requests finish
 //! within a grace period. Used by both the proxy and the admin listener.
 
+mod drain;
 mod timer;
 
 use std::convert::Infallible;
@@ -13,7 +14,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -40,7 +40,7 @@ pub async fn serve<H, F, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
+    let drain = drain::Drain::default();
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
@@ -71,7 +71,7 @@ pub async fn serve<H, F, B>(
             .clone()
             .timer(timer::ConnTimer::new())
             .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+        let conn = drain.watch(conn);
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, %peer, "Connection ended with an error.");
@@ -79,10 +79,7 @@ pub async fn serve<H, F, B>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, drain.stop()).await.is_err() {
         tracing::warn!(
             ?grace,
             "Grace period over; closing the remaining connections."

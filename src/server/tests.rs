@@ -93,3 +93,50 @@ async fn the_bound_starts_again_with_every_head() {
         "closed after {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn stop_closes_idle_connections_at_once_and_lets_requests_in_flight_finish() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let settings = ConnSettings {
+        max_header_bytes: 8192,
+        header_read_timeout: Duration::from_secs(5),
+    };
+    let slow_started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let started = slow_started.clone();
+    let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
+        let started = started.clone();
+        async move {
+            if req.uri().path() == "/slow" {
+                started.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    };
+    let grace = Duration::from_secs(5);
+    let server = tokio::spawn(serve(listener, settings, handler, stop_rx, grace));
+
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(REQUEST).await.unwrap();
+    read_answer(&mut idle).await;
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    slow_started.notified().await;
+
+    let stopped_at = Instant::now();
+    stop.send(true).unwrap();
+    assert!(
+        closed_after(&mut idle).await < Duration::from_secs(1),
+        "an idle keep-alive connection waits for nothing"
+    );
+    assert!(read_answer(&mut busy).await.starts_with("HTTP/1.1 200"));
+    tokio::time::timeout(grace, server)
+        .await
+        .expect("serve returns once the last connection ended, before the grace is over")
+        .unwrap();
+    assert!(stopped_at.elapsed() < Duration::from_secs(2));
+}
