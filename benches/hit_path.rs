@@ -5,7 +5,7 @@
 //! - `router_find`: `Router::find` of `GET /api/groups/VIP/EURUSD` against the documented route
 //!   table (the group route is the first of five).
 //! - `key_derive`: `cache::key::derive` for that match (shared scope, no query).
-//! - `l1_get`: `L1::get` of a stored `Arc<Entry>` (moka lookup + `Arc` clone).
+//! - `l1_get`: `L1::get` of a stored `Arc<Entry>` (map lookup under a shard read lock, deadline check, `Arc` clone).
 //! - `respond_from_entry`: `respond::from_entry` alone (the entry's shape template cloned, its
 //!   values, `Age` and `Cache-Status` written in), for attribution.
 //! - `hit_path_full`: find + derive + L1 get + `policy::freshness` + `respond::from_entry`,
@@ -136,9 +136,10 @@ fn benches(c: &mut Criterion) {
     let req_headers = request_headers();
     let l1 = L1::new(
         config.l1.max_bytes,
+        config.l1.max_entry_bytes as u64,
         config.l1.max_age,
         config.pubsub.degraded_max_age,
-        |_| {},
+        |_, _| {},
     );
 
     let m = router
@@ -153,7 +154,7 @@ fn benches(c: &mut Criterion) {
         entry.body_len()
     );
     assert!(l1.insert_fill(key, entry.clone(), l1.begin_fill()));
-    assert!(l1.get(&key).is_some());
+    assert!(l1.get(&key, clock::now_ms()).is_some());
 
     let mut g = c.benchmark_group("hit_path");
     g.warm_up_time(Duration::from_secs(1))
@@ -179,7 +180,8 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    g.bench_function("l1_get", |b| b.iter(|| l1.get(black_box(&key))));
+    let now_ms = clock::now_ms();
+    g.bench_function("l1_get", |b| b.iter(|| l1.get(black_box(&key), now_ms)));
 
     g.bench_function("respond_from_entry", |b| {
         b.iter(|| {
@@ -198,13 +200,9 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let m = router.find(black_box(&Method::GET), black_box(PATH))?;
             let key = key::derive(&m.route.config, m.params.as_slice(), None, &req_headers).ok()?;
-            let entry = l1.get(&key)?;
-            match policy::freshness(
-                entry.stored_at_ms,
-                entry.initial_age,
-                entry.ttl_ms,
-                clock::now_ms(),
-            ) {
+            let now_ms = clock::now_ms();
+            let entry = l1.get(&key, now_ms)?;
+            match policy::freshness(entry.stored_at_ms, entry.initial_age, entry.ttl_ms, now_ms) {
                 Freshness::Fresh {
                     age_secs,
                     ttl_left_secs,

@@ -278,7 +278,7 @@ impl Admin {
         };
         out["l1"] = self
             .l1
-            .get(&key)
+            .get(&key, now)
             .map_or_else(|| json!({"present": false}), |e| describe(&e));
         if let Some(l2) = self.invalidator.l2() {
             out["l2"] = match l2.key(key, &tags).await {

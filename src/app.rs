@@ -63,9 +63,10 @@ impl App {
             let degraded_max_age = config.pubsub.degraded_max_age;
             L1::new(
                 config.l1.max_bytes,
+                config.l1.max_entry_bytes as u64,
                 config.l1.max_age,
                 degraded_max_age,
-                move |cause| metrics.l1_removed(cause),
+                move |cause, n| metrics.l1_removed(cause, n),
             )
         };
         let pod_id = pod_id();
@@ -117,14 +118,15 @@ impl App {
     }
 
     /// Background work that lives as long as the process: the pub/sub subscriber (with L2),
-    /// the config reloader (with a config file), and the periodic sweep of L1's tag index.
+    /// the config reloader (with a config file), and the periodic sweep of L1 (expired entries and
+    /// the tag index).
     fn spawn_background(&self) {
         let l1 = self.admin.l1.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tick.tick().await;
-                l1.sweep_index();
+                l1.sweep();
             }
         });
         let events = Arc::new(ArcSwap::from_pointee(self.config.events.clone()));

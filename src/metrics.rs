@@ -387,8 +387,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn l1_removed(&self, cause: &str) {
-        self.l1_evictions.with_label_values(&[cause]).inc();
+    pub fn l1_removed(&self, cause: &str, n: u64) {
+        self.l1_evictions.with_label_values(&[cause]).inc_by(n);
     }
 
     /// Counts one L2 operation; `seconds` when a round trip was made.

@@ -1,9 +1,20 @@
-//! L1: the in-process tier, a moka cache weighted by bytes with a per-entry expiry, plus the
+//! L1: the in-process tier, a bounded map weighted by bytes with a per-entry expiry, plus the
 //! tag book that makes invalidation exact and fills safe.
 //!
-//! moka's clock cannot be driven from outside, so expiry here only bounds memory (and applies
-//! the hard `max_age`); whether an entry may be *served* is decided by `policy::freshness`
-//! with an explicit `now`.
+//! # Why not moka
+//!
+//! DESIGN.md named moka for this tier. moka keeps ~400 bytes and 7 allocations of its own per
+//! entry (heaptrack, 103,000 entries: entry info, value node, deque-node cell, timer-wheel node,
+//! access-order node, the key's `Arc`, the bucket), more than the ~380-byte balance record it
+//! holds, and a lookup cost 134 ns. The map here is `quick_cache` (S3-FIFO-like CLOCK-PRO
+//! eviction, scan resistant, hit rates comparable to moka's TinyLFU): one slab slot and one
+//! 4-byte table index per entry, no allocation of its own, a lookup under a shard read lock.
+//! Expiry, which quick_cache does not have, is a deadline kept beside the entry: checked on
+//! every lookup, and swept out with the tag index.
+//!
+//! Whether an entry may be *served* is still decided by `policy::freshness` with an explicit
+//! `now`; the deadline here only bounds how long L1 keeps it (the freshness lifetime, capped by
+//! the hard `max_age`).
 //!
 //! # No stale write-back
 //!
@@ -13,34 +24,32 @@
 //! and again after (an invalidation may run between), so an invalidation is always either seen
 //! by the fill or sees the fill's entry in the index and removes it.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::notification::RemovalCause;
-use moka::sync::Cache;
-use moka::Expiry;
+use quick_cache::sync::Cache;
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::entry::MALLOC_OVERHEAD;
 use super::{clock, CacheKey, Entry};
 
-/// The value stored in moka: the entry and which L1 age limit applies to it.
+/// What the map holds per key: the entry and the wall-clock millisecond after which L1 no
+/// longer returns it.
 #[derive(Clone)]
 struct Slot {
     entry: Arc<Entry>,
-    /// Stored while degraded: kept `degraded_max_age` instead of `max_age`. A flag rather
-    /// than the duration keeps the slot (inline in moka's node) at two words.
-    degraded: bool,
+    expires_ms: u64,
 }
 
-/// What moka keeps per entry besides the value, measured with heaptrack on 103,000 entries
-/// (moka 0.12): entry info (64 B), the value node holding the [`Slot`] (40), deque-node cell
-/// (48), timer-wheel node (40), access-order node (24), the `Arc` of the key (32), the
-/// hash-table bucket (16) and its share of the bucket array (~20), plus chunk overhead for the
-/// 7 allocations of its own.
-const MOKA_ENTRY_BYTES: usize = 284 + 7 * MALLOC_OVERHEAD;
+/// What the map keeps per entry besides the entry: a slab slot (key, [`Slot`], eviction state
+/// and links: 64 B), its 4-byte index and control byte in the table at hashbrown's load factor
+/// (~10 B), and a share of the ghost slots that remember recently evicted keys (at most half as
+/// many as entries). No allocation of its own.
+const MAP_ENTRY_BYTES: usize = 64 + 10 + 32;
 
 /// What the tag book keeps per tag of an entry: a 32-byte bucket at hashbrown's load factor,
 /// or an element of a shared tag's key set.
@@ -50,16 +59,22 @@ const INDEX_BYTES_PER_TAG: usize = 48;
 /// since the records it would need to be checked against may be gone.
 const RECORD_HORIZON: Duration = Duration::from_secs(60);
 
+/// The map's shards each get an equal part of `max_bytes`, and an entry larger than about its
+/// shard's part is not kept: every shard can hold at least this many of the largest entries.
+const LARGEST_ENTRIES_PER_SHARD: u64 = 4;
+
+type Map = Cache<CacheKey, Slot, ByWeight, KeyHash, Evicted>;
+
 #[derive(Clone)]
 pub struct L1 {
-    cache: Cache<CacheKey, Slot>,
+    map: Arc<Map>,
     state: Arc<State>,
 }
 
 impl std::fmt::Debug for L1 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("L1")
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.map.len())
             .field("degraded", &self.is_degraded())
             .finish()
     }
@@ -69,8 +84,11 @@ struct State {
     /// True while invalidation messages may be missed (not subscribed): entries stored then
     /// live at most `degraded_max_age`, which bounds how stale they can get.
     degraded: AtomicBool,
-    // A std Mutex: held for map operations only, never across an await nor a moka call that
-    // could call back into it (the eviction listener never takes it).
+    max_age: Duration,
+    degraded_max_age: Duration,
+    on_removal: Box<dyn Fn(&'static str, u64) + Send + Sync>,
+    // A std Mutex: held for map operations only, never across an await nor a call into the
+    // map that could call back into it (the map's eviction hook never takes it).
     book: Mutex<TagBook>,
 }
 
@@ -152,23 +170,56 @@ pub struct FillTicket {
     taken: Instant,
 }
 
-/// Expires each entry when its freshness lifetime ends, or after its L1 `max_age`
-/// (`degraded_max_age` if stored while degraded).
-struct ByTtl {
-    max_age: Duration,
-    degraded_max_age: Duration,
+/// An entry's weight is what it costs in memory; see [`weight`].
+#[derive(Clone)]
+struct ByWeight;
+
+impl Weighter<CacheKey, Slot> for ByWeight {
+    fn weight(&self, _: &CacheKey, slot: &Slot) -> u64 {
+        u64::from(weight(&slot.entry))
+    }
 }
 
-impl Expiry<CacheKey, Slot> for ByTtl {
-    fn expire_after_create(&self, _: &CacheKey, s: &Slot, _: Instant) -> Option<Duration> {
-        let e = &s.entry;
-        let age_ms = clock::now_ms().saturating_sub(e.stored_at_ms) + e.initial_age * 1000;
-        let max_age = if s.degraded {
-            self.degraded_max_age
-        } else {
-            self.max_age
-        };
-        Some(Duration::from_millis(e.ttl_ms.saturating_sub(age_ms)).min(max_age))
+/// A [`CacheKey`] is already a uniform 128-bit hash: its low word serves as the map's hash
+/// as it is.
+#[derive(Clone, Default)]
+struct KeyHash;
+
+struct KeyHasher(u64);
+
+impl BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, k: u128) {
+        self.0 = k as u64;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `CacheKey` hashes through `write_u128`; anything else is folded in whole.
+        self.0 = xxh3_64(bytes) ^ self.0.rotate_left(5);
+    }
+}
+
+/// Collects the entries the map evicts for room during one insert, so that they are counted,
+/// and freed after its shard lock is released.
+#[derive(Clone)]
+struct Evicted;
+
+impl Lifecycle<CacheKey, Slot> for Evicted {
+    type RequestState = Vec<Slot>;
+
+    fn on_evict(&self, evicted: &mut Vec<Slot>, _: CacheKey, slot: Slot) {
+        evicted.push(slot);
     }
 }
 
@@ -198,35 +249,50 @@ impl TagBook {
 }
 
 impl L1 {
-    /// `max_bytes` of budget; entries kept at most `max_age` (`degraded_max_age` while
-    /// degraded); `on_removal` hears the cause of every removal (`expired`, `size`, ...).
+    /// `max_bytes` of budget, for entries of at most `max_entry_bytes`; entries kept at most
+    /// `max_age` (`degraded_max_age` while degraded); `on_removal` hears the cause (`expired`,
+    /// `size`, `explicit`, `replaced`) and count of removals.
     pub fn new(
         max_bytes: u64,
+        max_entry_bytes: u64,
         max_age: Duration,
         degraded_max_age: Duration,
-        on_removal: impl Fn(&'static str) + Send + Sync + 'static,
+        on_removal: impl Fn(&'static str, u64) + Send + Sync + 'static,
     ) -> L1 {
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_, s: &Slot| weight(&s.entry))
-            .expire_after(ByTtl {
-                max_age,
-                degraded_max_age,
-            })
-            .eviction_listener(move |_, _, cause| on_removal(removal_cause(cause)))
-            .build();
+        let options = OptionsBuilder::new()
+            .shards(shards(max_bytes, max_entry_bytes))
+            .weight_capacity(max_bytes)
+            // A guess that only sizes the first tables: they grow as entries come.
+            .estimated_items_capacity((max_bytes / 4096).clamp(1024, 1 << 20) as usize)
+            .build()
+            .expect("L1 map options are valid");
         L1 {
-            cache,
+            map: Arc::new(Cache::with_options(options, ByWeight, KeyHash, Evicted)),
             state: Arc::new(State {
                 degraded: AtomicBool::new(false),
+                max_age,
+                degraded_max_age,
+                on_removal: Box::new(on_removal),
                 book: Mutex::new(TagBook::default()),
             }),
         }
     }
 
-    /// The hit path: one map lookup.
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.cache.get(key).map(|s| s.entry)
+    /// The hit path: one map lookup, if the entry is still within the time L1 keeps it at
+    /// `now_ms` (wall-clock milliseconds, as `clock::now_ms`).
+    pub fn get(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
+        let slot = self.map.get(key)?;
+        if slot.expires_ms > now_ms {
+            return Some(slot.entry);
+        }
+        if self
+            .map
+            .remove_if(key, |s| s.expires_ms <= now_ms)
+            .is_some()
+        {
+            (self.state.on_removal)("expired", 1);
+        }
+        None
     }
 
     pub fn is_degraded(&self) -> bool {
@@ -249,24 +315,34 @@ impl L1 {
 
     pub fn begin_fill(&self) -> FillTicket {
         FillTicket {
-            epoch: self.state.book.lock().expect("tag book lock").epoch,
+            epoch: self.book().epoch,
             taken: Instant::now(),
         }
     }
 
     /// Stores a fill's result unless an invalidation touching it happened since `ticket`.
-    /// Returns whether it was stored.
+    /// Returns whether it was stored. (An entry too large for its shard of L1 is dropped by
+    /// the map at once and counted as a `size` removal; that still counts as stored here:
+    /// nothing superseded it.)
     pub fn insert_fill(&self, key: CacheKey, entry: Arc<Entry>, ticket: FillTicket) -> bool {
         let tags: Vec<TagId> = entry.tags().map(tag_id).collect();
         if self.book().stale(ticket, &key, &tags) {
             return false;
         }
-        let degraded = self.is_degraded();
-        self.cache.insert(key, Slot { entry, degraded });
+        let expires_ms = self.expires_ms(&entry, clock::now_ms());
+        if self.map.contains_key(&key) {
+            (self.state.on_removal)("replaced", 1);
+        }
+        let mut evicted = Vec::new();
+        self.map
+            .insert_with_lifecycle(key, Slot { entry, expires_ms }, &mut evicted);
+        if !evicted.is_empty() {
+            (self.state.on_removal)("size", evicted.len() as u64);
+        }
         let mut book = self.book();
         if book.stale(ticket, &key, &tags) {
             drop(book);
-            self.cache.invalidate(&key);
+            self.map.remove(&key);
             return false;
         }
         for t in tags {
@@ -300,10 +376,14 @@ impl L1 {
             }
             book.prune(now);
         }
-        victims
+        let removed: Vec<Arc<Entry>> = victims
             .iter()
-            .filter_map(|k| self.cache.remove(k).map(|s| s.entry))
-            .collect()
+            .filter_map(|k| self.map.remove(k).map(|(_, s)| s.entry))
+            .collect();
+        if !removed.is_empty() {
+            (self.state.on_removal)("explicit", removed.len() as u64);
+        }
+        removed
     }
 
     /// Drops every entry; fills that started before do not store.
@@ -314,22 +394,49 @@ impl L1 {
             book.all_epoch = book.epoch;
             book.index.clear();
         }
-        self.cache.invalidate_all();
+        let n = self.map.len() as u64;
+        self.map.clear();
+        if n > 0 {
+            (self.state.on_removal)("explicit", n);
+        }
     }
 
-    /// Forgets index entries of keys that left the cache (expired, evicted). The eviction
-    /// listener cannot do it without risking a re-entrant lock, so a periodic task does.
-    pub fn sweep_index(&self) {
+    /// Drops the entries past the time L1 keeps them, and forgets the index entries of keys
+    /// that left the map (expired, evicted). Run periodically: the map's eviction hook cannot
+    /// take the book's lock without risking a re-entrant lock.
+    pub fn sweep(&self) {
+        let now_ms = clock::now_ms();
+        let expired = Cell::new(0u64);
+        self.map.retain(|_, s| {
+            let keep = s.expires_ms > now_ms;
+            expired.set(expired.get() + u64::from(!keep));
+            keep
+        });
+        if expired.get() > 0 {
+            (self.state.on_removal)("expired", expired.get());
+        }
         let mut book = self.book();
-        let cache = &self.cache;
+        let map = &self.map;
         book.index
-            .retain(|_, keys| keys.retain(|k| cache.contains_key(&k)));
+            .retain(|_, keys| keys.retain(|k| map.contains_key(&k)));
     }
 
-    /// (entries, bytes) after applying pending bookkeeping, for metrics and stats.
+    /// (entries, bytes), for metrics and stats.
     pub fn usage(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.cache.weighted_size())
+        (self.map.len() as u64, self.map.weight())
+    }
+
+    /// Until when L1 keeps `entry`, stored at `now_ms`: the end of its freshness lifetime,
+    /// or `max_age` (`degraded_max_age` while degraded) if sooner.
+    fn expires_ms(&self, entry: &Entry, now_ms: u64) -> u64 {
+        let age_ms = now_ms.saturating_sub(entry.stored_at_ms) + entry.initial_age * 1000;
+        let max_age = if self.is_degraded() {
+            self.state.degraded_max_age
+        } else {
+            self.state.max_age
+        };
+        let keep_ms = entry.ttl_ms.saturating_sub(age_ms);
+        now_ms.saturating_add(keep_ms.min(max_age.as_millis() as u64))
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, TagBook> {
@@ -337,22 +444,23 @@ impl L1 {
     }
 }
 
-/// What an entry costs L1: the entry itself, moka's node, and its tags in the book.
+/// How many shards the map gets: a few per CPU (a lookup takes its shard's read lock, an
+/// insert its write lock), but never so many that a shard's part of `max_bytes` cannot hold
+/// [`LARGEST_ENTRIES_PER_SHARD`] entries of `max_entry_bytes`.
+fn shards(max_bytes: u64, max_entry_bytes: u64) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let by_size = max_bytes / (LARGEST_ENTRIES_PER_SHARD * max_entry_bytes.max(1));
+    let wanted = (4 * cpus as u64).min(by_size).max(1);
+    // A power of two, rounded down so that the size bound holds.
+    1 << wanted.ilog2()
+}
+
+/// What an entry costs L1: the entry itself, its slot in the map, and its tags in the book.
 fn weight(entry: &Entry) -> u32 {
     let tags = entry.tags().count() * INDEX_BYTES_PER_TAG;
     entry
         .weight()
-        .saturating_add((MOKA_ENTRY_BYTES + tags) as u32)
-}
-
-/// moka's removal causes as metric labels.
-fn removal_cause(cause: RemovalCause) -> &'static str {
-    match cause {
-        RemovalCause::Expired => "expired",
-        RemovalCause::Explicit => "explicit",
-        RemovalCause::Replaced => "replaced",
-        RemovalCause::Size => "size",
-    }
+        .saturating_add((MAP_ENTRY_BYTES + tags) as u32)
 }
 
 #[cfg(test)]
@@ -375,9 +483,10 @@ mod tests {
     fn l1() -> L1 {
         L1::new(
             1 << 20,
+            1 << 16,
             Duration::from_secs(60),
             Duration::from_secs(5),
-            |_| {},
+            |_, _| {},
         )
     }
 
@@ -389,12 +498,12 @@ mod tests {
         assert!(c.insert_fill(CacheKey(2), entry(&["group:VIP", "group:VIP:GBPUSD"]), t));
         assert!(c.insert_fill(CacheKey(3), entry(&["group:STD"]), t));
         assert_eq!(c.invalidate(&["group:VIP:EURUSD".into()], &[]).len(), 1);
-        assert!(c.get(&CacheKey(1)).is_none());
-        assert!(c.get(&CacheKey(2)).is_some());
+        assert!(c.get(&CacheKey(1), clock::now_ms()).is_none());
+        assert!(c.get(&CacheKey(2), clock::now_ms()).is_some());
         assert_eq!(c.invalidate(&["group:VIP".into()], &[]).len(), 1);
-        assert!(c.get(&CacheKey(3)).is_some());
+        assert!(c.get(&CacheKey(3), clock::now_ms()).is_some());
         assert_eq!(c.invalidate(&[], &[CacheKey(3)]).len(), 1);
-        assert!(c.get(&CacheKey(3)).is_none());
+        assert!(c.get(&CacheKey(3), clock::now_ms()).is_none());
     }
 
     #[test]
@@ -403,7 +512,7 @@ mod tests {
         let before = c.begin_fill();
         c.invalidate(&["user:live:1".into()], &[]);
         assert!(!c.insert_fill(CacheKey(1), entry(&["user:live:1"]), before));
-        assert!(c.get(&CacheKey(1)).is_none());
+        assert!(c.get(&CacheKey(1), clock::now_ms()).is_none());
         // Other tags are not affected, and a fill that starts afterwards stores.
         assert!(c.insert_fill(CacheKey(2), entry(&["user:live:2"]), before));
         assert!(c.insert_fill(CacheKey(1), entry(&["user:live:1"]), c.begin_fill()));
@@ -421,13 +530,114 @@ mod tests {
         let c = l1();
         assert!(c.insert_fill(CacheKey(1), entry(&[]), c.begin_fill()));
         c.enter_degraded();
-        assert!(c.get(&CacheKey(1)).is_none());
+        assert!(c.get(&CacheKey(1), clock::now_ms()).is_none());
         assert!(c.insert_fill(CacheKey(2), entry(&[]), c.begin_fill()));
-        assert!(c.get(&CacheKey(2)).is_some());
+        assert!(c.get(&CacheKey(2), clock::now_ms()).is_some());
         c.leave_degraded();
         assert!(
-            c.get(&CacheKey(2)).is_none(),
+            c.get(&CacheKey(2), clock::now_ms()).is_none(),
             "what was stored while degraded is dropped"
         );
+    }
+
+    /// Removals heard by `on_removal`, by cause.
+    fn counted() -> (L1, Arc<Mutex<HashMap<&'static str, u64>>>) {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let log = seen.clone();
+        let c = L1::new(
+            1 << 20,
+            1 << 16,
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            move |cause, n| *log.lock().unwrap().entry(cause).or_insert(0) += n,
+        );
+        (c, seen)
+    }
+
+    #[test]
+    fn an_entry_is_kept_until_its_freshness_ends_or_max_age_whichever_is_first() {
+        let (c, seen) = counted();
+        let now = clock::now_ms();
+        // A 60 s lifetime under a 60 s max_age.
+        assert!(c.insert_fill(CacheKey(1), entry(&[]), c.begin_fill()));
+        assert!(c.get(&CacheKey(1), now + 59_000).is_some());
+        assert!(c.get(&CacheKey(1), now + 61_000).is_none());
+        assert_eq!(seen.lock().unwrap().get("expired"), Some(&1));
+        assert_eq!(
+            c.usage().0,
+            0,
+            "an expired entry found by a lookup is removed"
+        );
+        // Stored while degraded: 5 s.
+        c.enter_degraded();
+        let now = clock::now_ms();
+        assert!(c.insert_fill(CacheKey(2), entry(&[]), c.begin_fill()));
+        assert!(c.get(&CacheKey(2), now + 4_000).is_some());
+        assert!(c.get(&CacheKey(2), now + 6_000).is_none());
+    }
+
+    #[test]
+    fn sweep_drops_expired_entries_and_their_index() {
+        let (c, seen) = counted();
+        let mut old = (*entry(&["user:1"])).meta();
+        // Stored 59.9 s ago with a 60 s lifetime: kept ~100 ms more.
+        old.stored_at_ms -= 59_900;
+        let expires = old.stored_at_ms + 60_000;
+        let old = Arc::new(Entry::new(old, &HeaderMap::new(), b"x", &["user:1"], ""));
+        assert!(c.insert_fill(CacheKey(1), old, c.begin_fill()));
+        assert!(c.insert_fill(CacheKey(2), entry(&["user:2"]), c.begin_fill()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while clock::now_ms() <= expires {
+            assert!(Instant::now() < deadline, "the clock stands still");
+            std::thread::yield_now();
+        }
+        assert_eq!(c.usage().0, 2, "nothing looked the expired entry up");
+        c.sweep();
+        assert_eq!(c.usage().0, 1);
+        assert_eq!(
+            c.book().index.len(),
+            1,
+            "the expired entry's tag left the index"
+        );
+        assert_eq!(seen.lock().unwrap().get("expired"), Some(&1));
+    }
+
+    #[test]
+    fn a_full_l1_evicts_for_room_and_counts_it() {
+        let seen = Arc::new(Mutex::new(0));
+        let log = seen.clone();
+        let max_bytes = 64 * 1024;
+        let c = L1::new(
+            max_bytes,
+            4096,
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            move |cause, n| {
+                if cause == "size" {
+                    *log.lock().unwrap() += n;
+                }
+            },
+        );
+        for k in 0..1000 {
+            assert!(c.insert_fill(CacheKey(k), entry(&[]), c.begin_fill()));
+        }
+        let (entries, bytes) = c.usage();
+        assert!(bytes <= max_bytes, "{bytes} bytes held");
+        assert!(entries > 10 && entries < 1000, "{entries} entries held");
+        assert_eq!(*seen.lock().unwrap(), 1000 - entries);
+        // A lookup still finds what is held.
+        let held = (0..1000)
+            .filter(|k| c.get(&CacheKey(*k), clock::now_ms()).is_some())
+            .count();
+        assert_eq!(held as u64, entries);
+    }
+
+    #[test]
+    fn shards_never_get_too_small_for_the_largest_entry() {
+        for (max_bytes, max_entry) in [(128 << 20, 1 << 20), (1 << 20, 1 << 20), (4 << 20, 1)] {
+            let n = shards(max_bytes, max_entry) as u64;
+            assert!(n.is_power_of_two());
+            assert!(n == 1 || max_bytes / n >= LARGEST_ENTRIES_PER_SHARD * max_entry);
+        }
     }
 }

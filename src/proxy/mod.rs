@@ -282,7 +282,7 @@ impl Proxy {
                     // Taken before anything is read, so an invalidation from here on is seen.
                     let ticket = self.l1.begin_fill();
                     // Re-check: a fill may have completed between our lookup and our join.
-                    if let Some(entry) = self.l1.get(&key) {
+                    if let Some(entry) = self.l1.get(&key, clock::now_ms()) {
                         if let Some(resp) = self.lookup(&key, req.headers(), false, Served::Hit) {
                             guard.complete(FillState::Done(entry));
                             return (resp, CacheOutcome::Hit);
@@ -357,13 +357,9 @@ impl Proxy {
         head: bool,
         served: Served,
     ) -> Option<Response<Body>> {
-        let entry = self.l1.get(key)?;
-        match policy::freshness(
-            entry.stored_at_ms,
-            entry.initial_age,
-            entry.ttl_ms,
-            clock::now_ms(),
-        ) {
+        let now_ms = clock::now_ms();
+        let entry = self.l1.get(key, now_ms)?;
+        match policy::freshness(entry.stored_at_ms, entry.initial_age, entry.ttl_ms, now_ms) {
             Freshness::Fresh {
                 age_secs,
                 ttl_left_secs,
