@@ -5,7 +5,7 @@
 //! - `router_find`: `Router::find` of `GET /api/groups/VIP/EURUSD` against the documented route
 //!   table (the group route is the first of five).
 //! - `key_derive`: `cache::key::derive` for that match (shared scope, no query).
-//! - `l1_get`: `L1::get` of a stored `Arc<Entry>` (map lookup under a shard read lock, deadline check, `Arc` clone).
+//! - `l1_get`: `L1::get` of a stored `Entry` (map lookup under a shard read lock, deadline check, `Arc` clone).
 //! - `respond_from_entry`: `respond::from_entry` alone (the entry's shape template cloned, its
 //!   values, `Age` and `Cache-Status` written in), for attribution.
 //! - `hit_path_full`: find + derive + L1 get + `policy::freshness` + `respond::from_entry`,
@@ -147,7 +147,7 @@ fn benches(c: &mut Criterion) {
         .expect("group route matches");
     assert_eq!(m.route.config.name, "group");
     let key = key::derive(&m.route.config, m.params.as_slice(), None, &req_headers).unwrap();
-    let entry = std::sync::Arc::new(group_entry());
+    let entry = group_entry();
     assert!(
         (550..=650).contains(&entry.body_len()),
         "{}",
@@ -202,7 +202,7 @@ fn benches(c: &mut Criterion) {
             let key = key::derive(&m.route.config, m.params.as_slice(), None, &req_headers).ok()?;
             let now_ms = clock::now_ms();
             let entry = l1.get(&key, now_ms)?;
-            match policy::freshness(entry.stored_at_ms, entry.initial_age, entry.ttl_ms, now_ms) {
+            match entry.freshness(now_ms) {
                 Freshness::Fresh {
                     age_secs,
                     ttl_left_secs,

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cache::policy::{self, Freshness};
+use crate::cache::policy::Freshness;
 use crate::cache::{clock, key, L2Read, L1};
 use crate::config::Scope;
 use crate::invalidate::{Invalidator, Source, Target};
@@ -262,17 +262,12 @@ impl Admin {
         };
         out["key"] = json!(key.to_string());
         let now = clock::now_ms();
-        let describe = |e: &crate::cache::Entry| match policy::freshness(
-            e.stored_at_ms,
-            e.initial_age,
-            e.ttl_ms,
-            now,
-        ) {
+        let describe = |e: &crate::cache::Entry| match e.freshness(now) {
             Freshness::Fresh {
                 age_secs,
                 ttl_left_secs,
             } => {
-                json!({"present": true, "status": e.status.as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag())})
+                json!({"present": true, "status": e.status().as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag())})
             }
             Freshness::Stale => json!({"present": true, "stale": true}),
         };

@@ -18,7 +18,7 @@ use crate::error::ProxyError;
 pub enum FillState {
     Pending,
     /// The fill stored this entry; serve it.
-    Done(Arc<Entry>),
+    Done(Entry),
     /// The response may not be shared (not cacheable): each follower fetches for itself.
     Pass,
     /// The upstream failed for the leader; followers answer with the same error rather than

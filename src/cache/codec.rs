@@ -37,11 +37,11 @@ pub fn encode(e: &Entry) -> Bytes {
     let mut b = BytesMut::with_capacity(body.len() + 64 * (e.headers().count() + 1));
     b.put_slice(MAGIC);
     b.put_u8(VERSION);
-    b.put_u16(e.status.as_u16());
-    b.put_u64(e.stored_at_ms);
-    b.put_u64(e.initial_age);
-    b.put_u64(e.ttl_ms);
-    b.put_u64(e.last_modified);
+    b.put_u16(e.status().as_u16());
+    b.put_u64(e.stored_at_ms());
+    b.put_u64(e.initial_age());
+    b.put_u64(e.ttl_ms());
+    b.put_u64(e.last_modified());
     put16(&mut b, e.etag());
     // What every answer adds (`Age`, `Cache-Status`) is not stored, as in version 1's writers.
     b.put_u16(e.headers().count() as u16);
@@ -229,8 +229,8 @@ mod tests {
         b.put_u32(2);
         b.put_slice(b"ok");
         let d = decode(b.freeze()).unwrap();
-        assert_eq!(d.stored_at_ms, 5);
-        assert_eq!(d.last_modified, 7);
+        assert_eq!(d.stored_at_ms(), 5);
+        assert_eq!(d.last_modified(), 7);
         assert_eq!(d.etag(), b"\"e\"");
         assert_eq!(&d.body()[..], b"ok");
         assert_eq!(d.headers().count(), 2);

@@ -1,20 +1,24 @@
-//! A stored response. Immutable once built and shared as `Arc<Entry>` between the tiers and
-//! every request that hits it.
+//! A stored response. Immutable once built; a handle of two reference-counted pointers,
+//! cloned cheaply between the tiers and every request that hits it.
 //!
 //! # Memory
 //!
 //! L1 holds hundreds of thousands of these, most with a body of a few hundred bytes, so an
-//! entry is two allocations besides its `Arc`: one buffer with everything variable in it,
+//! entry is one allocation: a buffer with its timing, its layout and everything variable,
 //!
 //! ```text
+//! [stored_at_ms: u64] [ttl_ms: u64] [last_modified: u32] [initial_age: u32] [status: u16]
+//! [etag: u16] [path_at: u32] [body_at: u32]
 //! [value ends: u32 each] [field values] [tags: (u16 len, bytes) each] [path] [body]
 //! ```
 //!
-//! and the `Bytes` control block that lets a hit hand out slices of it (the body, the field
-//! values) without copying. The field *names* are in a [`Shape`] shared with every entry that
-//! has the same names. Measured on 103,000 entries (3000 x 611-byte and 100,000 x 216-byte
-//! bodies), the owned `HeaderMap`, per-value and per-tag allocations this replaces came to
-//! ~2.2 KiB per entry.
+//! (little-endian; the tags start where the values end), held by L1's map slot directly, with no `Arc<Entry>` or `Bytes` control
+//! block of its own. The field *names* are in a [`Shape`] shared with every entry that has the
+//! same names. A hit turns the buffer into one [`Bytes`] ([`Entry::parts`]: one small
+//! allocation) and hands out slices of it, the body and the field values, without copying.
+//! Measured on 103,000 entries (3000 x 611-byte and 100,000 x 216-byte bodies): an owned
+//! `HeaderMap` per entry came to ~2.2 KiB; the previous packed layout, with the timing in an
+//! `Arc<Entry>` and a `Bytes` buffer, to ~540 bytes of heap before L1's own slot.
 
 use std::sync::Arc;
 
@@ -40,33 +44,43 @@ pub struct Meta {
     pub ttl_ms: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone)]
 pub struct Entry {
-    pub status: StatusCode,
-    /// See [`Meta`].
-    pub last_modified: u64,
-    pub stored_at_ms: u64,
-    pub initial_age: u64,
-    pub ttl_ms: u64,
     /// The names of the stored fields.
     shape: Arc<Shape>,
-    /// Value ends, values, tags, path and body; see the module doc.
-    data: Bytes,
-    tags_at: u32,
-    path_at: u32,
-    body_at: u32,
-    /// Which stored value is the `ETag` (a `HeaderMap` holds at most 32,768). A `u16` keeps
-    /// the struct at 88 bytes, its `Arc` allocation in glibc's 112-byte chunk rather than 128.
-    etag: u16,
+    /// The fixed head, then value ends, values, tags, path and body; see the module doc.
+    data: Arc<[u8]>,
 }
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("meta", &self.meta())
+            .field("path", &self.path())
+            .field("body_len", &self.body_len())
+            .finish()
+    }
+}
+
+/// Offsets in the fixed head.
+const STORED_AT: usize = 0;
+const TTL: usize = 8;
+const LAST_MODIFIED: usize = 16;
+const INITIAL_AGE: usize = 20;
+const STATUS: usize = 24;
+const ETAG: usize = 26;
+const PATH_AT: usize = 28;
+const BODY_AT: usize = 32;
+/// Where the value ends begin.
+const HEAD: usize = 36;
 
 /// Every allocation costs malloc's chunk header and rounding on top of what was asked for
 /// (glibc: 8 bytes of header, 16-byte granularity).
 pub const MALLOC_OVERHEAD: usize = 16;
 
-/// The `Arc`'s counters, the `Bytes` control block of `data` (a promoted vector: pointer,
-/// capacity, count), and one chunk overhead for each of the three allocations.
-const FIXED_BYTES: usize = 16 + 24 + 3 * MALLOC_OVERHEAD;
+/// The buffer's reference counts and its chunk overhead (the handle itself sits inline in
+/// L1's map slot, which L1 charges).
+const FIXED_BYTES: usize = 16 + MALLOC_OVERHEAD;
 
 impl Entry {
     /// Stores `headers` (the fields every answer from this entry carries: hop-by-hop fields
@@ -103,8 +117,9 @@ impl Entry {
 
         let values_len: usize = fields.iter().map(|(_, v)| v.len()).sum();
         let tags_len: usize = tags.iter().map(|t| 2 + tag_bytes(t).len()).sum();
-        let total = 4 * fields.len() + values_len + tags_len + path.len() + body.len();
-        let mut buf = Vec::with_capacity(total);
+        let total = HEAD + 4 * fields.len() + values_len + tags_len + path.len() + body.len();
+        let mut buf = vec![0u8; HEAD];
+        buf.reserve_exact(total - HEAD);
         let mut end = 0u32;
         for (_, v) in &fields {
             end += v.len() as u32;
@@ -113,7 +128,6 @@ impl Entry {
         for (_, v) in &fields {
             buf.extend_from_slice(v.as_bytes());
         }
-        let tags_at = buf.len() as u32;
         for t in tags {
             let t = tag_bytes(t);
             buf.extend_from_slice(&(t.len() as u16).to_le_bytes());
@@ -124,48 +138,92 @@ impl Entry {
         let body_at = buf.len() as u32;
         buf.extend_from_slice(body);
         debug_assert_eq!(buf.len(), total);
+        // Seconds: a u32 holds ages past a century, and Unix times until 2106.
+        let initial_age = meta.initial_age.min(u64::from(u32::MAX)) as u32;
+        let last_modified = meta.last_modified.min(u64::from(u32::MAX)) as u32;
+        put(&mut buf, STORED_AT, &meta.stored_at_ms.to_le_bytes());
+        put(&mut buf, TTL, &meta.ttl_ms.to_le_bytes());
+        put(&mut buf, LAST_MODIFIED, &last_modified.to_le_bytes());
+        put(&mut buf, INITIAL_AGE, &initial_age.to_le_bytes());
+        put(&mut buf, STATUS, &meta.status.as_u16().to_le_bytes());
+        put(&mut buf, ETAG, &etag.to_le_bytes());
+        put(&mut buf, PATH_AT, &path_at.to_le_bytes());
+        put(&mut buf, BODY_AT, &body_at.to_le_bytes());
         Entry {
-            status: meta.status,
-            last_modified: meta.last_modified,
-            stored_at_ms: meta.stored_at_ms,
-            initial_age: meta.initial_age,
-            ttl_ms: meta.ttl_ms,
             shape,
-            // Exactly sized, so `Bytes` keeps the vector's allocation as it is.
-            data: Bytes::from(buf),
-            tags_at,
-            path_at,
-            body_at,
-            etag,
+            // One exactly sized copy: the vector's allocation goes, the entry's stays.
+            data: Arc::from(buf),
         }
     }
 
     pub fn meta(&self) -> Meta {
         Meta {
-            status: self.status,
-            last_modified: self.last_modified,
-            stored_at_ms: self.stored_at_ms,
-            initial_age: self.initial_age,
-            ttl_ms: self.ttl_ms,
+            status: self.status(),
+            last_modified: self.last_modified(),
+            stored_at_ms: self.stored_at_ms(),
+            initial_age: self.initial_age(),
+            ttl_ms: self.ttl_ms(),
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.u16_at(STATUS)).expect("a stored status is valid")
+    }
+
+    /// See [`Meta`].
+    pub fn last_modified(&self) -> u64 {
+        u64::from(self.u32_at(LAST_MODIFIED))
+    }
+
+    pub fn stored_at_ms(&self) -> u64 {
+        self.u64_at(STORED_AT)
+    }
+
+    pub fn initial_age(&self) -> u64 {
+        u64::from(self.u32_at(INITIAL_AGE))
+    }
+
+    pub fn ttl_ms(&self) -> u64 {
+        self.u64_at(TTL)
+    }
+
+    /// Whether it may be served at `now_ms` (wall-clock ms), and its age.
+    pub fn freshness(&self, now_ms: u64) -> policy::Freshness {
+        policy::freshness(
+            self.stored_at_ms(),
+            self.initial_age(),
+            self.ttl_ms(),
+            now_ms,
+        )
+    }
+
+    /// The buffer as [`Bytes`], to slice the body and field values from: one small allocation
+    /// (the owner's reference count), then only reference counts.
+    pub fn parts(&self) -> Parts<'_> {
+        Parts {
+            entry: self,
+            bytes: Bytes::from_owner(self.data.clone()),
+        }
+    }
+
+    /// The body (see [`Entry::parts`] to take several slices for one allocation).
     pub fn body(&self) -> Bytes {
-        self.data.slice(self.body_at as usize..)
+        self.parts().body()
     }
 
     pub fn body_len(&self) -> usize {
-        self.data.len() - self.body_at as usize
+        self.data.len() - self.body_at()
     }
 
     /// The strong validator, also among the stored fields.
     pub fn etag(&self) -> &[u8] {
-        &self.data[self.value_range(self.etag as usize)]
+        &self.data[self.value_range(self.u16_at(ETAG) as usize)]
     }
 
     /// The rendered tags of this entry (`group:VIP`, ...), for invalidation.
     pub fn tags(&self) -> impl Iterator<Item = &str> {
-        let mut rest = &self.data[self.tags_at as usize..self.path_at as usize];
+        let tags_at = self.value_range(self.shape.len() - 1).end;
+        let mut rest = &self.data[tags_at..self.u32_at(PATH_AT) as usize];
         std::iter::from_fn(move || {
             let (len, tail) = rest.split_first_chunk::<2>()?;
             let (tag, tail) = tail.split_at(u16::from_le_bytes(*len) as usize);
@@ -174,53 +232,81 @@ impl Entry {
         })
     }
 
-    /// The request path and query that produced it: refresh-after-invalidation fetches it
-    /// again, and `explain` shows it. Not part of any Redis key.
+    /// The request path and query that produced a shared entry, which a refresh after an
+    /// invalidation fetches again; empty for an identity-scoped one, which is never refreshed.
+    /// Not part of any Redis key.
     pub fn path(&self) -> &str {
-        std::str::from_utf8(&self.data[self.path_at as usize..self.body_at as usize])
+        std::str::from_utf8(&self.data[self.u32_at(PATH_AT) as usize..self.body_at()])
             .unwrap_or_default()
     }
 
     /// The stored fields, in order.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
+        let parts = self.parts();
         self.shape
             .names()
             .enumerate()
-            .map(|(i, name)| (name, self.value(i)))
+            .map(move |(i, name)| (name, parts.value(i)))
+    }
+
+    /// Bytes this entry holds, as charged against `l1.max_bytes` (L1 adds its own per-entry
+    /// bookkeeping, the handle's slot among it): its buffer with the allocation's overhead,
+    /// and its shape if that is not shared.
+    pub fn weight(&self) -> u32 {
+        let bytes = FIXED_BYTES + self.data.len() + self.shape.charged_bytes();
+        bytes.min(u32::MAX as usize) as u32
+    }
+
+    fn body_at(&self) -> usize {
+        self.u32_at(BODY_AT) as usize
+    }
+
+    fn value_range(&self, i: usize) -> std::ops::Range<usize> {
+        let values_at = HEAD + 4 * self.shape.len();
+        let end_of = |j: usize| self.u32_at(HEAD + 4 * j) as usize;
+        let start = if i == 0 { 0 } else { end_of(i - 1) };
+        values_at + start..values_at + end_of(i)
+    }
+
+    fn u16_at(&self, at: usize) -> u16 {
+        u16::from_le_bytes(self.data[at..at + 2].try_into().expect("2 bytes"))
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.data[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    fn u64_at(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.data[at..at + 8].try_into().expect("8 bytes"))
+    }
+}
+
+/// An entry with its buffer as [`Bytes`]: what a hit slices its answer from.
+pub struct Parts<'a> {
+    entry: &'a Entry,
+    bytes: Bytes,
+}
+
+impl Parts<'_> {
+    pub fn body(&self) -> Bytes {
+        self.bytes.slice(self.entry.body_at()..)
     }
 
     /// The header map of a full answer: the stored fields, then `age` and `cache_status`.
     pub fn response_headers(&self, age: HeaderValue, cache_status: HeaderValue) -> HeaderMap {
-        let values = (0..self.shape.len()).map(|i| self.value(i));
-        self.shape.fill(values, age, cache_status)
-    }
-
-    /// Bytes this entry holds, as charged against `l1.max_bytes` (L1 adds its own per-entry
-    /// bookkeeping): the struct, its buffer, their allocations' overhead, and its shape if
-    /// that is not shared.
-    pub fn weight(&self) -> u32 {
-        let bytes = std::mem::size_of::<Entry>()
-            + FIXED_BYTES
-            + self.data.len()
-            + self.shape.charged_bytes();
-        bytes.min(u32::MAX as usize) as u32
+        let values = (0..self.entry.shape.len()).map(|i| self.value(i));
+        self.entry.shape.fill(values, age, cache_status)
     }
 
     fn value(&self, i: usize) -> HeaderValue {
         // A slice of the shared buffer: a reference count, no copy.
-        HeaderValue::from_maybe_shared(self.data.slice(self.value_range(i)))
+        HeaderValue::from_maybe_shared(self.bytes.slice(self.entry.value_range(i)))
             .expect("stored values were valid header values")
     }
+}
 
-    fn value_range(&self, i: usize) -> std::ops::Range<usize> {
-        let values_at = 4 * self.shape.len();
-        let end_of = |j: usize| {
-            let at = 4 * j;
-            u32::from_le_bytes(self.data[at..at + 4].try_into().expect("4 bytes")) as usize
-        };
-        let start = if i == 0 { 0 } else { end_of(i - 1) };
-        values_at + start..values_at + end_of(i)
-    }
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
 }
 
 /// A tag as stored: longer than a `u16` length can say is cut (tags are short names; the
@@ -235,8 +321,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_struct_stays_small() {
-        assert!(std::mem::size_of::<Entry>() <= 88);
+    fn the_handle_stays_small() {
+        // Two pointers and a length: L1's map slot holds it inline.
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
     }
 
     fn meta() -> Meta {
@@ -270,7 +357,7 @@ mod tests {
         let mut expected = h.clone();
         expected.insert(header::AGE, HeaderValue::from_static("5"));
         expected.insert(shape::CACHE_STATUS, HeaderValue::from_static("hit"));
-        let answer = e.response_headers(
+        let answer = e.parts().response_headers(
             HeaderValue::from_static("5"),
             HeaderValue::from_static("hit"),
         );

@@ -25,7 +25,7 @@
 //! by the fill or sees the fill's entry in the index and removes it.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{hash_map, HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,19 +41,19 @@ use super::{clock, CacheKey, Entry};
 /// longer returns it.
 #[derive(Clone)]
 struct Slot {
-    entry: Arc<Entry>,
+    entry: Entry,
     expires_ms: u64,
 }
 
-/// What the map keeps per entry besides the entry: a slab slot (key, [`Slot`], eviction state
-/// and links: 64 B), its 4-byte index and control byte in the table at hashbrown's load factor
-/// (~10 B), and a share of the ghost slots that remember recently evicted keys (at most half as
-/// many as entries). No allocation of its own.
+/// What the map keeps per entry: a slab slot (key, [`Slot`] with the entry's handle, eviction
+/// state and links: 64 B), its 4-byte index and control byte in the table at hashbrown's load
+/// factor (~10 B), and a share of the ghost slots that remember recently evicted keys (at most
+/// half as many as entries). No allocation of its own.
 const MAP_ENTRY_BYTES: usize = 64 + 10 + 32;
 
-/// What the tag book keeps per tag of an entry: a 32-byte bucket at hashbrown's load factor,
-/// or an element of a shared tag's key set.
-const INDEX_BYTES_PER_TAG: usize = 48;
+/// What the tag book keeps per tag of an entry: a 24-byte bucket and its control byte at
+/// hashbrown's load factor, or an element of a shared tag's key set.
+const INDEX_BYTES_PER_TAG: usize = 32;
 
 /// Invalidation records are kept this long; a fill older than this is not stored at all,
 /// since the records it would need to be checked against may be gone.
@@ -63,7 +63,7 @@ const RECORD_HORIZON: Duration = Duration::from_secs(60);
 /// shard's part is not kept: every shard can hold at least this many of the largest entries.
 const LARGEST_ENTRIES_PER_SHARD: u64 = 4;
 
-type Map = Cache<CacheKey, Slot, ByWeight, KeyHash, Evicted>;
+type Map = Cache<MapKey, Slot, ByWeight, KeyHash, Evicted>;
 
 #[derive(Clone)]
 pub struct L1 {
@@ -97,7 +97,7 @@ struct TagBook {
     /// Bumped by every invalidation.
     epoch: u64,
     /// The keys in L1 carrying each tag.
-    index: HashMap<TagId, Keys>,
+    index: TagIndex,
     /// When each tag / key was last invalidated (epoch, time), for fill checks.
     tag_epochs: HashMap<TagId, (u64, Instant)>,
     key_epochs: HashMap<CacheKey, (u64, Instant)>,
@@ -115,51 +115,82 @@ fn tag_id(tag: &str) -> TagId {
     xxh3_64(tag.as_bytes())
 }
 
-/// The keys carrying one tag. Most tags (one per user) have a single key, kept inline; a key is
-/// stored as two words because a `u128` would align the bucket to 16 bytes and make it 48.
-enum Keys {
-    One([u64; 2]),
-    // Boxed: a `HashSet` inline (48 bytes) would widen every bucket of the index, most of
-    // which hold `One`.
-    #[allow(clippy::box_collection)]
-    Many(Box<HashSet<[u64; 2]>>),
+/// The keys in L1 carrying each tag. Most tags (one per user) have a single key: those are in
+/// `one`, whose 24-byte buckets hold the key inline; the few tags several keys share (a group
+/// and its symbols) are in `many`. One map of an enum of both would make every bucket 32 bytes.
+#[derive(Default)]
+struct TagIndex {
+    one: HashMap<TagId, MapKey>,
+    many: HashMap<TagId, HashSet<MapKey>>,
+}
+
+impl TagIndex {
+    fn insert(&mut self, tag: TagId, key: MapKey) {
+        if let Some(keys) = self.many.get_mut(&tag) {
+            keys.insert(key);
+            return;
+        }
+        match self.one.entry(tag) {
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(key);
+            }
+            hash_map::Entry::Occupied(slot) if *slot.get() == key => {}
+            hash_map::Entry::Occupied(slot) => {
+                let first = slot.remove();
+                self.many.insert(tag, HashSet::from([first, key]));
+            }
+        }
+    }
+
+    /// Forgets `tag`, handing each of its keys to `f`.
+    fn take(&mut self, tag: TagId, mut f: impl FnMut(MapKey)) {
+        if let Some(key) = self.one.remove(&tag) {
+            f(key);
+        }
+        if let Some(keys) = self.many.remove(&tag) {
+            keys.into_iter().for_each(f);
+        }
+    }
+
+    /// Keeps the keys `keep` accepts, and the tags that still have one.
+    fn retain(&mut self, keep: impl Fn(&MapKey) -> bool) {
+        self.one.retain(|_, key| keep(key));
+        self.many.retain(|_, keys| {
+            keys.retain(|key| keep(key));
+            !keys.is_empty()
+        });
+    }
+
+    fn clear(&mut self) {
+        self.one.clear();
+        self.many.clear();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.one.len() + self.many.len()
+    }
 }
 
 fn words(k: CacheKey) -> [u64; 2] {
     [(k.0 >> 64) as u64, k.0 as u64]
 }
 
-fn key_of(w: [u64; 2]) -> CacheKey {
-    CacheKey((u128::from(w[0]) << 64) | u128::from(w[1]))
+/// A key as the map holds it: two words, so that the map's slots align to 8 bytes; a `u128`
+/// aligns them to 16 and pads each by 8 to 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct MapKey([u64; 2]);
+
+impl MapKey {
+    fn of(k: &CacheKey) -> MapKey {
+        MapKey(words(*k))
+    }
 }
 
-impl Keys {
-    fn insert(&mut self, k: [u64; 2]) {
-        match self {
-            Keys::One(one) if *one == k => {}
-            Keys::One(one) => *self = Keys::Many(Box::new(HashSet::from([*one, k]))),
-            Keys::Many(set) => {
-                set.insert(k);
-            }
-        }
-    }
-
-    fn for_each(&self, mut f: impl FnMut(CacheKey)) {
-        match self {
-            Keys::One(k) => f(key_of(*k)),
-            Keys::Many(set) => set.iter().for_each(|k| f(key_of(*k))),
-        }
-    }
-
-    /// Keeps the keys `keep` accepts; false when none is left.
-    fn retain(&mut self, mut keep: impl FnMut(CacheKey) -> bool) -> bool {
-        match self {
-            Keys::One(k) => keep(key_of(*k)),
-            Keys::Many(set) => {
-                set.retain(|k| keep(key_of(*k)));
-                !set.is_empty()
-            }
-        }
+impl std::hash::Hash for MapKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // A `CacheKey` is already a uniform hash: its low word is the map's hash as it is.
+        state.write_u64(self.0[1]);
     }
 }
 
@@ -174,14 +205,13 @@ pub struct FillTicket {
 #[derive(Clone)]
 struct ByWeight;
 
-impl Weighter<CacheKey, Slot> for ByWeight {
-    fn weight(&self, _: &CacheKey, slot: &Slot) -> u64 {
+impl Weighter<MapKey, Slot> for ByWeight {
+    fn weight(&self, _: &MapKey, slot: &Slot) -> u64 {
         u64::from(weight(&slot.entry))
     }
 }
 
-/// A [`CacheKey`] is already a uniform 128-bit hash: its low word serves as the map's hash
-/// as it is.
+/// Hashes a [`MapKey`] to its low word.
 #[derive(Clone, Default)]
 struct KeyHash;
 
@@ -200,12 +230,12 @@ impl Hasher for KeyHasher {
         self.0
     }
 
-    fn write_u128(&mut self, k: u128) {
-        self.0 = k as u64;
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // `CacheKey` hashes through `write_u128`; anything else is folded in whole.
+        // `MapKey` hashes through `write_u64`; anything else is folded in whole.
         self.0 = xxh3_64(bytes) ^ self.0.rotate_left(5);
     }
 }
@@ -215,10 +245,10 @@ impl Hasher for KeyHasher {
 #[derive(Clone)]
 struct Evicted;
 
-impl Lifecycle<CacheKey, Slot> for Evicted {
+impl Lifecycle<MapKey, Slot> for Evicted {
     type RequestState = Vec<Slot>;
 
-    fn on_evict(&self, evicted: &mut Vec<Slot>, _: CacheKey, slot: Slot) {
+    fn on_evict(&self, evicted: &mut Vec<Slot>, _: MapKey, slot: Slot) {
         evicted.push(slot);
     }
 }
@@ -280,14 +310,15 @@ impl L1 {
 
     /// The hit path: one map lookup, if the entry is still within the time L1 keeps it at
     /// `now_ms` (wall-clock milliseconds, as `clock::now_ms`).
-    pub fn get(&self, key: &CacheKey, now_ms: u64) -> Option<Arc<Entry>> {
-        let slot = self.map.get(key)?;
+    pub fn get(&self, key: &CacheKey, now_ms: u64) -> Option<Entry> {
+        let key = MapKey::of(key);
+        let slot = self.map.get(&key)?;
         if slot.expires_ms > now_ms {
             return Some(slot.entry);
         }
         if self
             .map
-            .remove_if(key, |s| s.expires_ms <= now_ms)
+            .remove_if(&key, |s| s.expires_ms <= now_ms)
             .is_some()
         {
             (self.state.on_removal)("expired", 1);
@@ -324,59 +355,55 @@ impl L1 {
     /// Returns whether it was stored. (An entry too large for its shard of L1 is dropped by
     /// the map at once and counted as a `size` removal; that still counts as stored here:
     /// nothing superseded it.)
-    pub fn insert_fill(&self, key: CacheKey, entry: Arc<Entry>, ticket: FillTicket) -> bool {
+    pub fn insert_fill(&self, key: CacheKey, entry: Entry, ticket: FillTicket) -> bool {
         let tags: Vec<TagId> = entry.tags().map(tag_id).collect();
         if self.book().stale(ticket, &key, &tags) {
             return false;
         }
         let expires_ms = self.expires_ms(&entry, clock::now_ms());
-        if self.map.contains_key(&key) {
+        let map_key = MapKey::of(&key);
+        if self.map.contains_key(&map_key) {
             (self.state.on_removal)("replaced", 1);
         }
         let mut evicted = Vec::new();
         self.map
-            .insert_with_lifecycle(key, Slot { entry, expires_ms }, &mut evicted);
+            .insert_with_lifecycle(map_key, Slot { entry, expires_ms }, &mut evicted);
         if !evicted.is_empty() {
             (self.state.on_removal)("size", evicted.len() as u64);
         }
         let mut book = self.book();
         if book.stale(ticket, &key, &tags) {
             drop(book);
-            self.map.remove(&key);
+            self.map.remove(&map_key);
             return false;
         }
         for t in tags {
-            book.index
-                .entry(t)
-                .and_modify(|keys| keys.insert(words(key)))
-                .or_insert(Keys::One(words(key)));
+            book.index.insert(t, map_key);
         }
         true
     }
 
     /// Removes every entry carrying one of `tags`, and the `keys`; records the invalidation so
     /// that fills which started before it do not store. Returns the entries removed.
-    pub fn invalidate(&self, tags: &[String], keys: &[CacheKey]) -> Vec<Arc<Entry>> {
+    pub fn invalidate(&self, tags: &[String], keys: &[CacheKey]) -> Vec<Entry> {
         let now = Instant::now();
-        let mut victims: HashSet<CacheKey> = keys.iter().copied().collect();
+        let mut victims: HashSet<MapKey> = keys.iter().map(MapKey::of).collect();
         {
             let mut book = self.book();
             book.epoch += 1;
             let epoch = book.epoch;
             for t in tags.iter().map(|t| tag_id(t)) {
                 book.tag_epochs.insert(t, (epoch, now));
-                if let Some(ks) = book.index.remove(&t) {
-                    ks.for_each(|k| {
-                        victims.insert(k);
-                    });
-                }
+                book.index.take(t, |k| {
+                    victims.insert(k);
+                });
             }
             for k in keys {
                 book.key_epochs.insert(*k, (epoch, now));
             }
             book.prune(now);
         }
-        let removed: Vec<Arc<Entry>> = victims
+        let removed: Vec<Entry> = victims
             .iter()
             .filter_map(|k| self.map.remove(k).map(|(_, s)| s.entry))
             .collect();
@@ -417,8 +444,7 @@ impl L1 {
         }
         let mut book = self.book();
         let map = &self.map;
-        book.index
-            .retain(|_, keys| keys.retain(|k| map.contains_key(&k)));
+        book.index.retain(|k| map.contains_key(k));
     }
 
     /// (entries, bytes), for metrics and stats.
@@ -429,13 +455,13 @@ impl L1 {
     /// Until when L1 keeps `entry`, stored at `now_ms`: the end of its freshness lifetime,
     /// or `max_age` (`degraded_max_age` while degraded) if sooner.
     fn expires_ms(&self, entry: &Entry, now_ms: u64) -> u64 {
-        let age_ms = now_ms.saturating_sub(entry.stored_at_ms) + entry.initial_age * 1000;
+        let age_ms = now_ms.saturating_sub(entry.stored_at_ms()) + entry.initial_age() * 1000;
         let max_age = if self.is_degraded() {
             self.state.degraded_max_age
         } else {
             self.state.max_age
         };
-        let keep_ms = entry.ttl_ms.saturating_sub(age_ms);
+        let keep_ms = entry.ttl_ms().saturating_sub(age_ms);
         now_ms.saturating_add(keep_ms.min(max_age.as_millis() as u64))
     }
 
@@ -469,7 +495,7 @@ mod tests {
     use crate::cache::entry::Meta;
     use http::{HeaderMap, StatusCode};
 
-    fn entry(tags: &[&str]) -> Arc<Entry> {
+    fn entry(tags: &[&str]) -> Entry {
         let meta = Meta {
             status: StatusCode::OK,
             last_modified: 0,
@@ -477,7 +503,7 @@ mod tests {
             initial_age: 0,
             ttl_ms: 60_000,
         };
-        Arc::new(Entry::new(meta, &HeaderMap::new(), b"x", tags, ""))
+        Entry::new(meta, &HeaderMap::new(), b"x", tags, "")
     }
 
     fn l1() -> L1 {
@@ -579,11 +605,11 @@ mod tests {
     #[test]
     fn sweep_drops_expired_entries_and_their_index() {
         let (c, seen) = counted();
-        let mut old = (*entry(&["user:1"])).meta();
+        let mut old = entry(&["user:1"]).meta();
         // Stored 59.9 s ago with a 60 s lifetime: kept ~100 ms more.
         old.stored_at_ms -= 59_900;
         let expires = old.stored_at_ms + 60_000;
-        let old = Arc::new(Entry::new(old, &HeaderMap::new(), b"x", &["user:1"], ""));
+        let old = Entry::new(old, &HeaderMap::new(), b"x", &["user:1"], "");
         assert!(c.insert_fill(CacheKey(1), old, c.begin_fill()));
         assert!(c.insert_fill(CacheKey(2), entry(&["user:2"]), c.begin_fill()));
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -205,7 +205,7 @@ impl Invalidator {
             .await;
     }
 
-    fn apply_l1(&self, target: &Target, source: Source) -> Vec<Arc<Entry>> {
+    fn apply_l1(&self, target: &Target, source: Source) -> Vec<Entry> {
         self.metrics.invalidation(source.as_str());
         if target.all {
             self.l1.clear();
@@ -241,7 +241,7 @@ impl Invalidator {
 
     /// Fetches the new values of removed shared entries once, in the background, through our
     /// own listener (the normal miss path: L2, lease, upstream, store).
-    fn refresh(&self, removed: Vec<Arc<Entry>>) {
+    fn refresh(&self, removed: Vec<Entry>) {
         let Some(addr) = self.proxy_addr.get().copied() else {
             return;
         };

@@ -35,7 +35,7 @@ use crate::cache::{
     Meta, NoStoreReason, L1, L2,
 };
 use crate::client::UpstreamBody;
-use crate::config::Config;
+use crate::config::{Config, Scope};
 use crate::error::ProxyError;
 use crate::invalidate::rules::WriteRules;
 use crate::invalidate::{Invalidator, Source, Target};
@@ -310,20 +310,15 @@ impl Proxy {
                     match crate::cache::coalesce::wait(rx).await {
                         FillState::Done(entry) => {
                             let now = clock::now_ms();
-                            let (age, left) = match policy::freshness(
-                                entry.stored_at_ms,
-                                entry.initial_age,
-                                entry.ttl_ms,
-                                now,
-                            ) {
+                            let (age, left) = match entry.freshness(now) {
                                 Freshness::Fresh {
                                     age_secs,
                                     ttl_left_secs,
                                 } => (age_secs, ttl_left_secs),
-                                Freshness::Stale => (entry.ttl_ms / 1000, 0),
+                                Freshness::Stale => (entry.ttl_ms() / 1000, 0),
                             };
                             let served = Served::Collapsed {
-                                fwd_status: entry.status.as_u16(),
+                                fwd_status: entry.status().as_u16(),
                             };
                             let resp = respond::from_entry(
                                 &entry,
@@ -359,7 +354,7 @@ impl Proxy {
     ) -> Option<Response<Body>> {
         let now_ms = clock::now_ms();
         let entry = self.l1.get(key, now_ms)?;
-        match policy::freshness(entry.stored_at_ms, entry.initial_age, entry.ttl_ms, now_ms) {
+        match entry.freshness(now_ms) {
             Freshness::Fresh {
                 age_secs,
                 ttl_left_secs,
@@ -420,20 +415,14 @@ impl Proxy {
         entry: Entry,
         headers: &HeaderMap,
         ticket: FillTicket,
-    ) -> Option<(Response<Body>, Arc<Entry>)> {
+    ) -> Option<(Response<Body>, Entry)> {
         let Freshness::Fresh {
             age_secs,
             ttl_left_secs,
-        } = policy::freshness(
-            entry.stored_at_ms,
-            entry.initial_age,
-            entry.ttl_ms,
-            clock::now_ms(),
-        )
+        } = entry.freshness(clock::now_ms())
         else {
             return None;
         };
-        let entry = Arc::new(entry);
         self.l1.insert_fill(key, entry.clone(), ticket);
         let resp = respond::from_entry(
             &entry,
@@ -462,10 +451,12 @@ impl Proxy {
             guard,
             ticket,
         } = fill;
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or_else(String::new, |pq| pq.as_str().to_string());
+        // Kept for refresh after an invalidation, which only shared entries get (there is no
+        // caller to fetch an identity-scoped one as): those store none (~30 bytes each).
+        let path = match (route.config.scope, req.uri().path_and_query()) {
+            (Scope::Shared, Some(pq)) => pq.as_str().to_string(),
+            _ => String::new(),
+        };
         // Whatever happens below, a lease this fill does not use is handed back.
         let mut lease = LeaseGuard {
             l2: self.l2.clone(),
@@ -542,7 +533,7 @@ impl Proxy {
         };
 
         let now = clock::now_ms();
-        let entry = Arc::new(build_entry(route, path, parts, body, ttl, tags, now));
+        let entry = build_entry(route, path, parts, body, ttl, tags, now);
         if !self.l1.insert_fill(key, entry.clone(), ticket) {
             // An invalidation overlapped this fill, so what it read may predate a write. This
             // request was under way before the write was acknowledged and may have the answer;
@@ -558,13 +549,13 @@ impl Proxy {
         if let (Some(l2), Some((l2key, token))) = (&self.l2, lease.take()) {
             l2.put(&l2key, &token, &entry, now).await;
         }
-        let left = entry.ttl_ms.saturating_sub(entry.initial_age * 1000) / 1000;
+        let left = entry.ttl_ms().saturating_sub(entry.initial_age() * 1000) / 1000;
         let served = Served::Stored { fwd_status: status };
         let resp = respond::from_entry(
             &entry,
             &client_headers,
             false,
-            entry.initial_age,
+            entry.initial_age(),
             left,
             served,
         );
@@ -696,10 +687,7 @@ impl Drop for LeaseGuard {
 }
 
 fn is_fresh(e: &Entry, now_ms: u64) -> bool {
-    matches!(
-        policy::freshness(e.stored_at_ms, e.initial_age, e.ttl_ms, now_ms),
-        Freshness::Fresh { .. }
-    )
+    matches!(e.freshness(now_ms), Freshness::Fresh { .. })
 }
 
 fn l2_read_label(r: &L2Read) -> &'static str {

@@ -49,7 +49,7 @@ pub fn from_entry(
 ) -> Response<Body> {
     let age = number(age_secs);
     let status = cache_status(served, ttl_left_secs);
-    if policy::not_modified(request_headers, entry.etag(), entry.last_modified) {
+    if policy::not_modified(request_headers, entry.etag(), entry.last_modified()) {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         let h = r.headers_mut();
@@ -62,14 +62,15 @@ pub fn from_entry(
         h.insert(CACHE_STATUS, status);
         return r;
     }
+    let parts = entry.parts();
     let body = if head {
         Body::empty()
     } else {
-        Body::Full(Some(entry.body()))
+        Body::Full(Some(parts.body()))
     };
     let mut r = Response::new(body);
-    *r.status_mut() = entry.status;
-    *r.headers_mut() = entry.response_headers(age, status);
+    *r.status_mut() = entry.status();
+    *r.headers_mut() = parts.response_headers(age, status);
     r
 }
 
