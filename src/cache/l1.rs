@@ -176,8 +176,8 @@ fn words(k: CacheKey) -> [u64; 2] {
     [(k.0 >> 64) as u64, k.0 as u64]
 }
 
-/// A key as the map holds it: two words, so that the map's slots align to 8 bytes; a `u128`
-/// aligns them to 16 and pads each by 8 to 16 bytes.
+/// A key as the map holds it: two words, so that the map's slots align to 8 bytes (a `u128`
+/// would align them to 16, and pad each slot to the next multiple of 16).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct MapKey([u64; 2]);
 
