@@ -12,10 +12,11 @@
 //! [value ends: u32 each] [field values] [tags: (u16 len, bytes) each] [path] [body]
 //! ```
 //!
-//! (little-endian; the tags start where the values end), held by L1's map slot directly, with no `Arc<Entry>` or `Bytes` control
-//! block of its own. The field *names* are in a [`Shape`] shared with every entry that has the
-//! same names. A hit turns the buffer into one [`Bytes`] ([`Entry::parts`]: one small
-//! allocation) and hands out slices of it, the body and the field values, without copying.
+//! (little-endian; the tags start where the values end), held by L1's map slot directly, with
+//! no `Arc<Entry>` or `Bytes` control block of its own. The field *names* are in a [`Shape`]
+//! shared with every entry that has the same names. A hit turns the buffer into one [`Bytes`]
+//! ([`Entry::parts`]: one small allocation) and hands out slices of it, the body and the field
+//! values, without copying.
 //! Measured on 103,000 entries (3000 x 611-byte and 100,000 x 216-byte bodies): an owned
 //! `HeaderMap` per entry came to ~2.2 KiB; the previous packed layout, with the timing in an
 //! `Arc<Entry>` and a `Bytes` buffer, to ~540 bytes of heap before L1's own slot.
