@@ -14,6 +14,24 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
 /// A server answering every request with "ok"; its address, and the sender that stops it.
 async fn start(header_read_timeout: Duration) -> (SocketAddr, watch::Sender<bool>) {
+    let handler = |_req: Request<Incoming>, _peer: SocketAddr| async {
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    };
+    let (addr, stop, _) = start_with(header_read_timeout, Duration::from_secs(1), handler).await;
+    (addr, stop)
+}
+
+/// [`serve`] on a port of its own with `handler`: its address, the sender that stops it, and
+/// the task that ends when `serve` returns.
+async fn start_with<H, F>(
+    header_read_timeout: Duration,
+    grace: Duration,
+    handler: H,
+) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = watch::channel(false);
@@ -21,17 +39,8 @@ async fn start(header_read_timeout: Duration) -> (SocketAddr, watch::Sender<bool
         max_header_bytes: 8192,
         header_read_timeout,
     };
-    let handler = |_req: Request<Incoming>, _peer: SocketAddr| async {
-        Response::new(Full::new(Bytes::from_static(b"ok")))
-    };
-    tokio::spawn(serve(
-        listener,
-        settings,
-        handler,
-        stop_rx,
-        Duration::from_secs(1),
-    ));
-    (addr, stop)
+    let server = tokio::spawn(serve(listener, settings, handler, stop_rx, grace));
+    (addr, stop, server)
 }
 
 /// Reads one answer to `REQUEST` (its body is the last two bytes read).
@@ -96,13 +105,6 @@ async fn the_bound_starts_again_with_every_head() {
 
 #[tokio::test]
 async fn stop_closes_idle_connections_at_once_and_lets_requests_in_flight_finish() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let settings = ConnSettings {
-        max_header_bytes: 8192,
-        header_read_timeout: Duration::from_secs(5),
-    };
     let slow_started = std::sync::Arc::new(tokio::sync::Notify::new());
     let started = slow_started.clone();
     let handler = move |req: Request<Incoming>, _peer: SocketAddr| {
@@ -116,7 +118,7 @@ async fn stop_closes_idle_connections_at_once_and_lets_requests_in_flight_finish
         }
     };
     let grace = Duration::from_secs(5);
-    let server = tokio::spawn(serve(listener, settings, handler, stop_rx, grace));
+    let (addr, stop, server) = start_with(Duration::from_secs(5), grace, handler).await;
 
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(REQUEST).await.unwrap();
