@@ -198,6 +198,12 @@ impl Entry {
         )
     }
 
+    /// Milliseconds of freshness left at `now_ms`; 0 once stale.
+    pub fn ttl_left_ms(&self, now_ms: u64) -> u64 {
+        let age_ms = policy::age_ms(self.stored_at_ms(), self.initial_age(), now_ms);
+        self.ttl_ms().saturating_sub(age_ms)
+    }
+
     /// The buffer as [`Bytes`], to slice the body and field values from: one small allocation
     /// (the owner's reference count), then only reference counts.
     pub fn parts(&self) -> Parts<'_> {

@@ -455,14 +455,13 @@ impl L1 {
     /// Until when L1 keeps `entry`, stored at `now_ms`: the end of its freshness lifetime,
     /// or `max_age` (`degraded_max_age` while degraded) if sooner.
     fn expires_ms(&self, entry: &Entry, now_ms: u64) -> u64 {
-        let age_ms = now_ms.saturating_sub(entry.stored_at_ms()) + entry.initial_age() * 1000;
         let max_age = if self.is_degraded() {
             self.state.degraded_max_age
         } else {
             self.state.max_age
         };
-        let keep_ms = entry.ttl_ms().saturating_sub(age_ms);
-        now_ms.saturating_add(keep_ms.min(max_age.as_millis() as u64))
+        let keep_ms = entry.ttl_left_ms(now_ms).min(max_age.as_millis() as u64);
+        now_ms.saturating_add(keep_ms)
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, TagBook> {

@@ -301,8 +301,7 @@ impl L2 {
     /// Stores `entry` if the lease `token` still holds, and extends the tag sets' TTLs; one
     /// pipelined write. Returns whether the entry was stored.
     pub async fn put(&self, k: &L2Key, token: &str, entry: &Entry, now_ms: u64) -> bool {
-        let age_ms = now_ms.saturating_sub(entry.stored_at_ms()) + entry.initial_age() * 1000;
-        let ttl_ms = entry.ttl_ms().saturating_sub(age_ms);
+        let ttl_ms = entry.ttl_left_ms(now_ms);
         if ttl_ms == 0 {
             self.release(k, token).await;
             return false;

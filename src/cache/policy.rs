@@ -164,10 +164,16 @@ pub enum Freshness {
     Stale,
 }
 
+/// The age in milliseconds at `now_ms` of an entry stored at `stored_at_ms`, already
+/// `initial_age` seconds old then.
+pub fn age_ms(stored_at_ms: u64, initial_age: u64, now_ms: u64) -> u64 {
+    now_ms.saturating_sub(stored_at_ms) + initial_age * 1000
+}
+
 /// Freshness of an entry stored at `stored_at_ms` (already `initial_age` old then) with a
 /// lifetime of `ttl_ms`, seen at `now_ms`.
 pub fn freshness(stored_at_ms: u64, initial_age: u64, ttl_ms: u64, now_ms: u64) -> Freshness {
-    let age_ms = now_ms.saturating_sub(stored_at_ms) + initial_age * 1000;
+    let age_ms = age_ms(stored_at_ms, initial_age, now_ms);
     if age_ms >= ttl_ms {
         Freshness::Stale
     } else {

@@ -549,7 +549,7 @@ impl Proxy {
         if let (Some(l2), Some((l2key, token))) = (&self.l2, lease.take()) {
             l2.put(&l2key, &token, &entry, now).await;
         }
-        let left = entry.ttl_ms().saturating_sub(entry.initial_age() * 1000) / 1000;
+        let left = entry.ttl_left_ms(now) / 1000;
         let served = Served::Stored { fwd_status: status };
         let resp = respond::from_entry(
             &entry,
@@ -590,8 +590,8 @@ impl Proxy {
         }
     }
 
-    /// Forwards untouched, marking the answer with `cache_status` when given.
-    /// Forwards a request whose answer is not stored. Like [`Self::forward`], a combinator
+    /// Forwards a request whose answer is not stored, marking the answer with `cache_status`
+    /// when given. Like [`Self::forward`], a combinator
     /// and not an `async fn`: the future holds the client's future once, without the request
     /// beside it (a request's future is copied whole when it moves).
     fn pass<'a>(
