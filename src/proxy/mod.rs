@@ -243,7 +243,7 @@ impl Proxy {
                 // network runs in boxed futures, so the hit never moves their state around.
                 let head = req.method() == Method::HEAD;
                 match self.lookup(&key, req.headers(), head, Served::Hit) {
-                    Some(resp) => (resp, CacheOutcome::Hit),
+                    Some((resp, _)) => (resp, CacheOutcome::Hit),
                     None => await_boxed!(self.cached(req, client, route, rm, key)),
                 }
             }
@@ -282,11 +282,11 @@ impl Proxy {
                     // Taken before anything is read, so an invalidation from here on is seen.
                     let ticket = self.l1.begin_fill();
                     // Re-check: a fill may have completed between our lookup and our join.
-                    if let Some(entry) = self.l1.get(&key, clock::now_ms()) {
-                        if let Some(resp) = self.lookup(&key, req.headers(), false, Served::Hit) {
-                            guard.complete(FillState::Done(entry));
-                            return (resp, CacheOutcome::Hit);
-                        }
+                    if let Some((resp, entry)) =
+                        self.lookup(&key, req.headers(), false, Served::Hit)
+                    {
+                        guard.complete(FillState::Done(entry));
+                        return (resp, CacheOutcome::Hit);
                     }
                     let tags = render_tags(route, &req);
                     let (found, lease) = await_boxed!(self.l2_lookup(key, &tags));
@@ -344,28 +344,25 @@ impl Proxy {
         await_boxed!(self.fetch_uncoalesced(req, client, route, rm))
     }
 
-    /// A fresh L1 entry for `key`, answered.
+    /// A fresh L1 entry for `key`, answered; and the entry.
     fn lookup(
         &self,
         key: &CacheKey,
         headers: &HeaderMap,
         head: bool,
         served: Served,
-    ) -> Option<Response<Body>> {
+    ) -> Option<(Response<Body>, Entry)> {
         let now_ms = clock::now_ms();
         let entry = self.l1.get(key, now_ms)?;
         match entry.freshness(now_ms) {
             Freshness::Fresh {
                 age_secs,
                 ttl_left_secs,
-            } => Some(respond::from_entry(
-                &entry,
-                headers,
-                head,
-                age_secs,
-                ttl_left_secs,
-                served,
-            )),
+            } => {
+                let resp =
+                    respond::from_entry(&entry, headers, head, age_secs, ttl_left_secs, served);
+                Some((resp, entry))
+            }
             Freshness::Stale => None,
         }
     }
