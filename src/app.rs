@@ -191,8 +191,7 @@ impl App {
             settings,
             move |req, peer| {
                 // The configuration current when the request arrived serves all of it.
-                let proxy = proxy.load_full();
-                async move { proxy.handle(req, peer).await }
+                proxy.load_full().handle(req, peer)
             },
             proxy_rx,
             grace,

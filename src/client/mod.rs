@@ -82,6 +82,21 @@ struct Pool {
     idle_timeout: Duration,
 }
 
+/// A request whose head is encoded ([`Client::encode`]), with its body.
+#[derive(Debug)]
+pub struct Outgoing<B> {
+    head: BytesMut,
+    framing: RequestFraming,
+    method: Method,
+    /// Empty; kept for its allocation.
+    headers: HeaderMap,
+    body: B,
+    /// May go again on a new connection (idempotent, no body).
+    replayable: bool,
+    /// For the complete response head, connecting included.
+    deadline: Instant,
+}
+
 /// Why an exchange failed, and whether the request may go again on a new connection.
 struct Failure {
     error: ProxyError,
@@ -102,12 +117,7 @@ impl Client {
         }
     }
 
-    /// Sends `req` as it is (path and query from its URI; the caller has prepared the
-    /// headers, hop-by-hop fields already removed) and returns the response head with a body
-    /// that reads on demand. Interim (1xx) responses are skipped.
-    ///
-    /// The head is encoded before the returned future is first polled, so that the future
-    /// holds the encoded head and not the request (a future is copied whole when it moves).
+    /// Sends `req` as it is; see [`Self::encode`] and [`Self::send_encoded`].
     pub fn send<'a, B>(
         &'a self,
         req: Request<B>,
@@ -115,6 +125,17 @@ impl Client {
     where
         B: HttpBody<Data = Bytes> + 'a,
         B::Error: std::fmt::Display,
+    {
+        self.send_encoded(self.encode(req))
+    }
+
+    /// Encodes `req`'s head (path and query from its URI; the caller has prepared the
+    /// headers, hop-by-hop fields already removed). What it returns holds no part of the
+    /// request but its body: a request's header values share the server's read buffer, and
+    /// while any of them lives, the server's next read needs a new buffer.
+    pub fn encode<B>(&self, req: Request<B>) -> Outgoing<B>
+    where
+        B: HttpBody<Data = Bytes>,
     {
         let (parts, body) = req.into_parts();
         let no_body = body.is_end_stream();
@@ -131,13 +152,43 @@ impl Client {
         let mut head = BytesMut::new();
         wire::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
         let replayable = no_body && parts.method.is_idempotent();
-        let deadline = Instant::now() + self.config.timeout;
         let http::request::Parts {
             method,
-            // Its allocation is reused for the answer's fields.
             mut headers,
             ..
         } = parts;
+        // Emptied, its allocation is reused for the answer's fields.
+        headers.clear();
+        Outgoing {
+            head,
+            framing,
+            method,
+            headers,
+            body,
+            replayable,
+            deadline: Instant::now() + self.config.timeout,
+        }
+    }
+
+    /// Sends an encoded request and returns the response head with a body that reads on
+    /// demand. Interim (1xx) responses are skipped.
+    pub fn send_encoded<'a, B>(
+        &'a self,
+        out: Outgoing<B>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
+    where
+        B: HttpBody<Data = Bytes> + 'a,
+        B::Error: std::fmt::Display,
+    {
+        let Outgoing {
+            head,
+            framing,
+            method,
+            mut headers,
+            body,
+            replayable,
+            deadline,
+        } = out;
         async move {
             let mut body = std::pin::pin!(body);
             let mut fresh_only = false;

@@ -312,3 +312,32 @@ async fn an_answer_later_than_the_timeout_is_a_timeout() {
     let _ = c.send(get("/3")).await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
+
+/// The server's read buffer can be reused in place only when no request holds a slice of it:
+/// an encoded request keeps nothing of the head it came from.
+#[test]
+fn an_encoded_request_holds_nothing_of_the_head() {
+    let raw = Bytes::copy_from_slice(b"/orders/1?x=2 upstream v");
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = http::Uri::from_maybe_shared(raw.slice(0..13)).unwrap();
+    let headers = req.headers_mut();
+    headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_maybe_shared(raw.slice(14..22)).unwrap(),
+    );
+    headers.insert(
+        "x-v",
+        http::HeaderValue::from_maybe_shared(raw.slice(23..24)).unwrap(),
+    );
+    assert!(!raw.is_unique());
+    let out = client(1).encode(req);
+    assert!(
+        raw.is_unique(),
+        "the encoded request still shares the head's buffer"
+    );
+    let head = std::str::from_utf8(&out.head).unwrap();
+    assert_eq!(
+        head,
+        "GET /orders/1?x=2 HTTP/1.1\r\nhost: upstream\r\nx-v: v\r\n\r\n"
+    );
+}

@@ -1,5 +1,7 @@
 //! Write-through rules: which passing writes invalidate which tags.
 
+use std::sync::Arc;
+
 use http::Method;
 
 use crate::config::{Action, InvalidateConfig};
@@ -7,17 +9,18 @@ use crate::route::{match_segments, render_tags};
 
 #[derive(Debug, Default)]
 pub struct WriteRules {
-    rules: Vec<InvalidateConfig>,
+    rules: Vec<Arc<InvalidateConfig>>,
 }
 
 /// A write that matched a rule: the tags to invalidate once the upstream says it succeeded.
+/// It owns its rule, so that it can go with the request into the forwarding future.
 #[derive(Debug, Clone)]
-pub struct Matched<'r> {
-    pub rule: &'r InvalidateConfig,
+pub struct Matched {
+    pub rule: Arc<InvalidateConfig>,
     pub tags: Vec<String>,
 }
 
-impl<'r> Matched<'r> {
+impl Matched {
     /// Did the upstream's `status` report success for this rule?
     pub fn succeeded(&self, status: u16) -> bool {
         if self.rule.statuses.is_empty() {
@@ -35,7 +38,7 @@ impl<'r> Matched<'r> {
 impl WriteRules {
     pub fn new(rules: &[InvalidateConfig]) -> WriteRules {
         WriteRules {
-            rules: rules.to_vec(),
+            rules: rules.iter().cloned().map(Arc::new).collect(),
         }
     }
 
@@ -44,7 +47,7 @@ impl WriteRules {
     }
 
     /// The first rule matching `method` and `path`, with its tags rendered.
-    pub fn find(&self, method: &Method, path: &str) -> Option<Matched<'_>> {
+    pub fn find(&self, method: &Method, path: &str) -> Option<Matched> {
         let path = path.strip_prefix('/')?;
         self.rules.iter().find_map(|rule| {
             if rule.matcher.method != method {
@@ -52,7 +55,7 @@ impl WriteRules {
             }
             let params = match_segments(&rule.matcher.segments, path)?;
             Some(Matched {
-                rule,
+                rule: rule.clone(),
                 tags: render_tags(&rule.tags, &rule.matcher.params, &params),
             })
         })

@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::client::{Client, ClientConfig, UpstreamBody};
+use crate::client::{Client, ClientConfig, Outgoing, UpstreamBody};
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 
@@ -122,14 +122,20 @@ impl Upstream {
         req
     }
 
-    /// Sends a prepared request; the timeout covers the wait for the response head.
+    /// The upstream request for a client request ([`Self::prepare`]), encoded: from here on
+    /// nothing holds the client request's head.
+    pub fn encode(&self, req: Request<Incoming>, client: SocketAddr) -> Outgoing<Incoming> {
+        self.client.encode(self.prepare(req, client))
+    }
+
+    /// Sends an encoded request; the timeout covers the wait for the response head.
     pub fn send(
         &self,
-        req: Request<Incoming>,
+        out: Outgoing<Incoming>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
         // A combinator, not an `async` block: that would hold the client's future twice (as
         // captured, and as awaited), and the request beside it.
-        self.client.send(req).map(|sent| {
+        self.client.send_encoded(out).map(|sent| {
             let mut resp = sent?;
             strip_hop_by_hop(resp.headers_mut());
             Ok(resp)

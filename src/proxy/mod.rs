@@ -18,10 +18,12 @@ pub mod respond;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{self, Either, Ready};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
@@ -34,10 +36,10 @@ use crate::cache::{
     clock, key, CacheKey, CacheOutcome, Coalescer, Entry, FillState, Join, L2Key, L2Read, Lease,
     Meta, NoStoreReason, L1, L2,
 };
-use crate::client::UpstreamBody;
+use crate::client::{Outgoing, UpstreamBody};
 use crate::config::{Config, Scope};
 use crate::error::ProxyError;
-use crate::invalidate::rules::WriteRules;
+use crate::invalidate::rules::{Matched, WriteRules};
 use crate::invalidate::{Invalidator, Source, Target};
 use crate::limit::{Admission, Limiter};
 use crate::metrics::{Metrics, RouteMetrics, RouteTable};
@@ -99,6 +101,24 @@ struct Answer {
     route: Option<usize>,
 }
 
+/// What [`Proxy::handle`] returns: the answer, or the future of one.
+pub type Handling =
+    Either<Ready<Response<Body>>, Pin<Box<dyn Future<Output = Response<Body>> + Send>>>;
+
+/// Where a request stands after the phases that need no I/O ([`Proxy::step`]).
+enum Step {
+    /// Answered from L1.
+    Answered(Answer),
+    /// No cached route: forwarded as it is.
+    Pass(Outgoing<Incoming>),
+    /// A write rule matched: forwarded, then the rule's tags are invalidated.
+    Write(Outgoing<Incoming>, Matched),
+    /// A route (its id) scoped to an identity the request does not carry: forwarded.
+    NoIdentity(usize, Outgoing<Incoming>),
+    /// A cached route, not answered from L1.
+    Miss(Request<Incoming>, Arc<Route>, CacheKey),
+}
+
 /// What outlives a configuration: the tiers, in-flight fills, the invalidator, the metrics.
 /// A reload builds a new [`Proxy`] around the same `Shared`.
 #[derive(Debug, Clone)]
@@ -147,16 +167,37 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: every error has become a response by now.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    ///
+    /// Called from hyper's service call, which hyper follows with a read of the client's
+    /// socket before it polls the future returned here. What needs no I/O is done before
+    /// that read: an L1 hit is answered whole, a forwarded request's head is encoded. A
+    /// request head still alive at that read costs a new read buffer (an 8 KiB allocation
+    /// and free per request, and glibc's consolidation of its free lists with each).
+    pub fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Handling {
         let start = Instant::now();
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_string());
-        let admission = match self.limiter.is_empty() {
-            true => None,
-            false => Some(await_boxed!(self.admit(&req, client))),
-        };
-        let denied = admission.as_ref().and_then(|a| a.denied.clone());
-        let mut answer = match denied {
+        if !self.limiter.is_empty() {
+            return Either::Right(Box::pin(async move {
+                let answer = self.admitted(req, client).await;
+                self.finish(answer, start, &method, path)
+            }));
+        }
+        match self.step(req, client) {
+            Step::Answered(answer) => {
+                Either::Left(future::ready(self.finish(answer, start, &method, path)))
+            }
+            step => Either::Right(Box::pin(async move {
+                let answer = self.proceed(step, client).await;
+                self.finish(answer, start, &method, path)
+            })),
+        }
+    }
+
+    /// The admit phase, then the rest: rate-limit headers go on every answer.
+    async fn admitted(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
+        let admission = await_boxed!(self.admit(&req, client));
+        let mut answer = match admission.denied.clone() {
             Some((rule, retry_after)) => Answer {
                 response: rescue::rate_limited(&rule, retry_after),
                 outcome: CacheOutcome::Limited,
@@ -165,16 +206,30 @@ impl Proxy {
                     .find(req.method(), req.uri().path())
                     .map(|m| m.route.id),
             },
-            None => self.dispatch(req, client).await,
+            None => {
+                let step = self.step(req, client);
+                self.proceed(step, client).await
+            }
         };
-        for (name, value) in admission.map(|a| a.headers).unwrap_or_default() {
+        for (name, value) in admission.headers {
             answer.response.headers_mut().insert(name, value);
         }
+        answer
+    }
+
+    /// Metrics and the access log of an answered request.
+    fn finish(
+        &self,
+        answer: Answer,
+        start: Instant,
+        method: &Method,
+        path: Option<String>,
+    ) -> Response<Body> {
         let status = answer.response.status().as_u16();
         let elapsed = start.elapsed().as_secs_f64();
         let rm = self.routes.get(answer.route);
         self.metrics
-            .request(rm, &method, status, answer.outcome, elapsed);
+            .request(rm, method, status, answer.outcome, elapsed);
         if let Some(path) = path {
             tracing::info!(
                 target: "sidecache::access",
@@ -202,24 +257,10 @@ impl Proxy {
             .await
     }
 
-    async fn dispatch(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
+    /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup.
+    fn step(&self, req: Request<Incoming>, client: SocketAddr) -> Step {
         if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
-            let (tags, refresh) = (write.tags.clone(), write.refresh());
-            let (response, outcome) =
-                await_boxed!(self.pass(req, client, self.routes.get(None), None));
-            if write.succeeded(response.status().as_u16()) {
-                // Before the response leaves: the caller must read its own write afterwards.
-                let target = Target {
-                    tags,
-                    ..Target::default()
-                };
-                await_boxed!(self.invalidator.invalidate(target, Source::Write, refresh));
-            }
-            return Answer {
-                response,
-                outcome,
-                route: None,
-            };
+            return Step::Write(self.upstream.encode(req, client), write);
         }
         let found = self.router.find(req.method(), req.uri().path()).map(|m| {
             let params = m.params.as_slice();
@@ -228,36 +269,60 @@ impl Proxy {
             (route, key)
         });
         let Some((route, key)) = found else {
-            let (response, outcome) =
-                await_boxed!(self.pass(req, client, self.routes.get(None), None));
-            return Answer {
-                response,
-                outcome,
-                route: None,
-            };
+            return Step::Pass(self.upstream.encode(req, client));
         };
-        let rm = self.routes.get(Some(route.id));
-        let (response, outcome) = match key {
-            Ok(key) => {
-                // The hit path stays in this (small) future; everything that may touch the
-                // network runs in boxed futures, so the hit never moves their state around.
-                let head = req.method() == Method::HEAD;
-                match self.lookup(&key, req.headers(), head, Served::Hit) {
-                    Some((resp, _)) => (resp, CacheOutcome::Hit),
-                    None => await_boxed!(self.cached(req, client, route, rm, key)),
-                }
-            }
+        let key = match key {
+            Ok(key) => key,
             Err(key::KeyError::NoIdentity) => {
+                return Step::NoIdentity(route.id, self.upstream.encode(req, client))
+            }
+        };
+        let head = req.method() == Method::HEAD;
+        match self.lookup(&key, req.headers(), head, Served::Hit) {
+            Some((response, _)) => Step::Answered(Answer {
+                response,
+                outcome: CacheOutcome::Hit,
+                route: Some(route.id),
+            }),
+            None => Step::Miss(req, route.clone(), key),
+        }
+    }
+
+    /// Whatever [`Self::step`] left to do that waits on the network.
+    async fn proceed(&self, step: Step, client: SocketAddr) -> Answer {
+        let (route, (response, outcome)) = match step {
+            Step::Answered(answer) => return answer,
+            Step::Pass(out) => (None, self.pass(out, self.routes.get(None), None).await),
+            Step::Write(out, write) => {
+                let refresh = write.refresh();
+                let (response, outcome) = self.pass(out, self.routes.get(None), None).await;
+                if write.succeeded(response.status().as_u16()) {
+                    // Before the response leaves: the caller must read its own write afterwards.
+                    let target = Target {
+                        tags: write.tags,
+                        ..Target::default()
+                    };
+                    await_boxed!(self.invalidator.invalidate(target, Source::Write, refresh));
+                }
+                (None, (response, outcome))
+            }
+            Step::NoIdentity(route, out) => {
+                let rm = self.routes.get(Some(route));
                 self.metrics
                     .not_stored(rm, NoStoreReason::NoIdentity.as_str());
                 let status = respond::bypassed(NoStoreReason::NoIdentity);
-                await_boxed!(self.pass(req, client, rm, Some(status)))
+                (Some(route), self.pass(out, rm, Some(status)).await)
+            }
+            Step::Miss(req, route, key) => {
+                let rm = self.routes.get(Some(route.id));
+                let answer = await_boxed!(self.cached(req, client, &route, rm, key));
+                (Some(route.id), answer)
             }
         };
         Answer {
             response,
             outcome,
-            route: Some(route.id),
+            route,
         }
     }
 
@@ -274,7 +339,8 @@ impl Proxy {
         if req.method() == Method::HEAD {
             // A HEAD miss cannot fill the cache (no body): forward it as it is.
             let status = respond::bypassed(NoStoreReason::Head);
-            return await_boxed!(self.pass(req, client, rm, Some(status)));
+            let out = self.upstream.encode(req, client);
+            return await_boxed!(self.pass(out, rm, Some(status)));
         }
         for _ in 0..MAX_JOIN_ATTEMPTS {
             match self.coalescer.join(key) {
@@ -467,7 +533,8 @@ impl Proxy {
         parts.headers.remove(header::RANGE);
         let started = Instant::now();
         let upstream_req = Request::from_parts(parts, body);
-        let resp = match self.forward(upstream_req, client, rm).await {
+        let out = self.upstream.encode(upstream_req, client);
+        let resp = match self.forward(out, rm).await {
             Ok(resp) => resp,
             Err(error) => {
                 guard.complete(FillState::Failed(error.clone()));
@@ -568,7 +635,7 @@ impl Proxy {
         route: &Arc<Route>,
         rm: &RouteMetrics,
     ) -> (Response<Body>, CacheOutcome) {
-        match self.forward(req, client, rm).await {
+        match self.forward(self.upstream.encode(req, client), rm).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 let status = parts.status.as_u16();
@@ -593,34 +660,31 @@ impl Proxy {
     /// beside it (a request's future is copied whole when it moves).
     fn pass<'a>(
         &'a self,
-        req: Request<Incoming>,
-        client: SocketAddr,
+        out: Outgoing<Incoming>,
         rm: &'a RouteMetrics,
         cache_status: Option<HeaderValue>,
     ) -> impl Future<Output = (Response<Body>, CacheOutcome)> + 'a {
-        self.forward(req, client, rm)
-            .map(move |forwarded| match forwarded {
-                Ok(resp) => {
-                    let mut resp = resp.map(Body::Upstream);
-                    if let Some(v) = cache_status {
-                        resp.headers_mut().insert(CACHE_STATUS, v);
-                    }
-                    (resp, CacheOutcome::Bypass)
+        self.forward(out, rm).map(move |forwarded| match forwarded {
+            Ok(resp) => {
+                let mut resp = resp.map(Body::Upstream);
+                if let Some(v) = cache_status {
+                    resp.headers_mut().insert(CACHE_STATUS, v);
                 }
-                Err(error) => (rescue::rescue(&error), CacheOutcome::Error),
-            })
+                (resp, CacheOutcome::Bypass)
+            }
+            Err(error) => (rescue::rescue(&error), CacheOutcome::Error),
+        })
     }
 
     /// Streams a request to the upstream and returns its response head, counting duration
     /// and errors.
     fn forward<'a>(
         &'a self,
-        req: Request<Incoming>,
-        client: SocketAddr,
+        out: Outgoing<Incoming>,
         rm: &'a RouteMetrics,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
         let started = Instant::now();
-        let sent = self.upstream.send(self.upstream.prepare(req, client));
+        let sent = self.upstream.send(out);
         sent.map(move |result| {
             match &result {
                 Ok(_) => self
