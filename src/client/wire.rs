@@ -216,12 +216,30 @@ const COMMON_NAMES: [HeaderName; 10] = [
 
 fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     for name in &COMMON_NAMES {
-        let known = name.as_str().as_bytes();
-        if known.len() == raw.len() && known.eq_ignore_ascii_case(raw) {
+        if is_name(raw, name.as_str().as_bytes()) {
             return Ok(name.clone());
         }
     }
     HeaderName::from_bytes(raw)
+}
+
+/// Whether the field name `raw` (a token, as httparse checked) is `lower` (lowercase letters
+/// and `-`) in any case, eight bytes at a time. Setting bit 5 folds case exactly here: the
+/// only bytes it turns into a lowercase letter are that letter in either case, and the only
+/// other one it turns into `-` is CR, which no token holds. (`eq_ignore_ascii_case` folds
+/// byte by byte: ~15 instructions a byte, a sixth of a pass-through's parse of its answer.)
+fn is_name(raw: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if raw.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (raw.chunks_exact(8), lower.chunks_exact(8));
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("chunks of 8"));
+    (&mut a).zip(&mut b).all(|(x, y)| word(x) | FOLD == word(y))
+        && a.remainder()
+            .iter()
+            .zip(b.remainder())
+            .all(|(x, y)| x | 0x20 == *y)
 }
 
 /// What the fields of a head say about the connection and the body's framing.
@@ -367,6 +385,25 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_names_match_in_any_case_and_nothing_else() {
+        for raw in [
+            "Content-Length",
+            "CONTENT-LENGTH",
+            "content-length",
+            "cOnTeNt-LeNgTh",
+        ] {
+            assert_eq!(header_name(raw.as_bytes()).unwrap(), header::CONTENT_LENGTH);
+        }
+        assert_eq!(header_name(b"ETag").unwrap(), header::ETAG);
+        // Same length, one byte off, in the 8-byte words and in the tail.
+        assert!(!is_name(b"Content-Lengtg", b"content-length"));
+        assert!(!is_name(b"Content_Length", b"content-length"));
+        assert!(!is_name(b"Content-Lengt", b"content-length"));
+        let other = header_name(b"X-Content-Length").unwrap();
+        assert_eq!(other.as_str(), "x-content-length");
+    }
 
     fn parse(text: &str, method: Method) -> Result<Option<ResponseHead>, String> {
         parse_response_head(&mut BytesMut::from(text), &method, &mut HeaderMap::new())
