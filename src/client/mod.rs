@@ -93,8 +93,16 @@ pub struct Outgoing<B> {
     body: B,
     /// May go again on a new connection (idempotent, no body).
     replayable: bool,
+    started: Instant,
     /// For the complete response head, connecting included.
     deadline: Instant,
+}
+
+impl<B> Outgoing<B> {
+    /// When the request was encoded: its timeout runs from here.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
 }
 
 /// Why an exchange failed, and whether the request may go again on a new connection.
@@ -126,14 +134,15 @@ impl Client {
         B: HttpBody<Data = Bytes> + 'a,
         B::Error: std::fmt::Display,
     {
-        self.send_encoded(self.encode(req))
+        self.send_encoded(self.encode(req, Instant::now()))
     }
 
     /// Encodes `req`'s head (path and query from its URI; the caller has prepared the
     /// headers, hop-by-hop fields already removed). What it returns holds no part of the
     /// request but its body: a request's header values share the server's read buffer, and
-    /// while any of them lives, the server's next read needs a new buffer.
-    pub fn encode<B>(&self, req: Request<B>) -> Outgoing<B>
+    /// while any of them lives, the server's next read needs a new buffer. `now` starts the
+    /// request's `timeout` (the caller's clock read, not another).
+    pub fn encode<B>(&self, req: Request<B>, now: Instant) -> Outgoing<B>
     where
         B: HttpBody<Data = Bytes>,
     {
@@ -166,7 +175,8 @@ impl Client {
             headers,
             body,
             replayable,
-            deadline: Instant::now() + self.config.timeout,
+            started: now,
+            deadline: now + self.config.timeout,
         }
     }
 
@@ -187,21 +197,23 @@ impl Client {
             mut headers,
             body,
             replayable,
+            started,
             deadline,
         } = out;
         async move {
             let mut body = std::pin::pin!(body);
             let mut fresh_only = false;
             loop {
-                let (mut conn, reused) = match (!fresh_only).then(|| self.pool.take()).flatten() {
-                    Some(conn) => (conn, true),
-                    // Boxed: the connect state (name lookup, TCP connect) is large and rare;
-                    // kept inline it would be copied with every request's future.
-                    None => {
-                        let connect = Box::pin(self.connect(deadline));
-                        (connect.await?, false)
-                    }
-                };
+                let (mut conn, reused) =
+                    match (!fresh_only).then(|| self.pool.take(started)).flatten() {
+                        Some(conn) => (conn, true),
+                        // Boxed: the connect state (name lookup, TCP connect) is large and rare;
+                        // kept inline it would be copied with every request's future.
+                        None => {
+                            let connect = Box::pin(self.connect(deadline));
+                            (connect.await?, false)
+                        }
+                    };
                 if reused && !replayable && !conn.is_open() {
                     continue;
                 }
@@ -451,10 +463,11 @@ fn poll_fill(io: &TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<i
 }
 
 impl Pool {
-    fn take(&self) -> Option<Conn> {
+    /// The newest idle connection, unless it has been idle for `idle_timeout` at `now`.
+    fn take(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let (conn, since) = idle.pop_back()?;
-        if since.elapsed() < self.idle_timeout {
+        if now.saturating_duration_since(since) < self.idle_timeout {
             return Some(conn);
         }
         // The newest one is too old: so are all the others.

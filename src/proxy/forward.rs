@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -123,9 +123,14 @@ impl Upstream {
     }
 
     /// The upstream request for a client request ([`Self::prepare`]), encoded: from here on
-    /// nothing holds the client request's head.
-    pub fn encode(&self, req: Request<Incoming>, client: SocketAddr) -> Outgoing<Incoming> {
-        self.client.encode(self.prepare(req, client))
+    /// nothing holds the client request's head. Its timeout runs from `now`.
+    pub fn encode(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        now: Instant,
+    ) -> Outgoing<Incoming> {
+        self.client.encode(self.prepare(req, client), now)
     }
 
     /// Sends an encoded request; the timeout covers the wait for the response head.

@@ -179,11 +179,11 @@ impl Proxy {
         let path = self.access_log.then(|| req.uri().path().to_string());
         if !self.limiter.is_empty() {
             return Either::Right(Box::pin(async move {
-                let answer = self.admitted(req, client).await;
+                let answer = self.admitted(req, client, start).await;
                 self.finish(answer, start, &method, path)
             }));
         }
-        match self.step(req, client) {
+        match self.step(req, client, start) {
             Step::Answered(answer) => {
                 Either::Left(future::ready(self.finish(answer, start, &method, path)))
             }
@@ -195,7 +195,7 @@ impl Proxy {
     }
 
     /// The admit phase, then the rest: rate-limit headers go on every answer.
-    async fn admitted(&self, req: Request<Incoming>, client: SocketAddr) -> Answer {
+    async fn admitted(&self, req: Request<Incoming>, client: SocketAddr, start: Instant) -> Answer {
         let admission = await_boxed!(self.admit(&req, client));
         let mut answer = match admission.denied.clone() {
             Some((rule, retry_after)) => Answer {
@@ -207,7 +207,7 @@ impl Proxy {
                     .map(|m| m.route.id),
             },
             None => {
-                let step = self.step(req, client);
+                let step = self.step(req, client, start);
                 self.proceed(step, client).await
             }
         };
@@ -257,10 +257,11 @@ impl Proxy {
             .await
     }
 
-    /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup.
-    fn step(&self, req: Request<Incoming>, client: SocketAddr) -> Step {
+    /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup. A
+    /// forwarded request's timeout runs from `start`.
+    fn step(&self, req: Request<Incoming>, client: SocketAddr, start: Instant) -> Step {
         if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
-            return Step::Write(self.upstream.encode(req, client), write);
+            return Step::Write(self.upstream.encode(req, client, start), write);
         }
         let found = self.router.find(req.method(), req.uri().path()).map(|m| {
             let params = m.params.as_slice();
@@ -269,12 +270,12 @@ impl Proxy {
             (route, key)
         });
         let Some((route, key)) = found else {
-            return Step::Pass(self.upstream.encode(req, client));
+            return Step::Pass(self.upstream.encode(req, client, start));
         };
         let key = match key {
             Ok(key) => key,
             Err(key::KeyError::NoIdentity) => {
-                return Step::NoIdentity(route.id, self.upstream.encode(req, client))
+                return Step::NoIdentity(route.id, self.upstream.encode(req, client, start))
             }
         };
         let head = req.method() == Method::HEAD;
@@ -339,7 +340,7 @@ impl Proxy {
         if req.method() == Method::HEAD {
             // A HEAD miss cannot fill the cache (no body): forward it as it is.
             let status = respond::bypassed(NoStoreReason::Head);
-            let out = self.upstream.encode(req, client);
+            let out = self.upstream.encode(req, client, Instant::now());
             return await_boxed!(self.pass(out, rm, Some(status)));
         }
         for _ in 0..MAX_JOIN_ATTEMPTS {
@@ -533,7 +534,7 @@ impl Proxy {
         parts.headers.remove(header::RANGE);
         let started = Instant::now();
         let upstream_req = Request::from_parts(parts, body);
-        let out = self.upstream.encode(upstream_req, client);
+        let out = self.upstream.encode(upstream_req, client, started);
         let resp = match self.forward(out, rm).await {
             Ok(resp) => resp,
             Err(error) => {
@@ -635,7 +636,10 @@ impl Proxy {
         route: &Arc<Route>,
         rm: &RouteMetrics,
     ) -> (Response<Body>, CacheOutcome) {
-        match self.forward(self.upstream.encode(req, client), rm).await {
+        match self
+            .forward(self.upstream.encode(req, client, Instant::now()), rm)
+            .await
+        {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 let status = parts.status.as_u16();
@@ -683,7 +687,7 @@ impl Proxy {
         out: Outgoing<Incoming>,
         rm: &'a RouteMetrics,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
-        let started = Instant::now();
+        let started = out.started();
         let sent = self.upstream.send(out);
         sent.map(move |result| {
             match &result {
