@@ -187,8 +187,16 @@ impl Proxy {
             Step::Answered(answer) => {
                 Either::Left(future::ready(self.finish(answer, start, &method, path)))
             }
+            // The forwarding future is all such a request holds: one box.
+            Step::Pass(out) => Either::Right(Box::pin(async move {
+                let answer = self.proceed(Step::Pass(out), client).await;
+                self.finish(answer, start, &method, path)
+            })),
+            // What may store an entry keeps its state in a box of its own, apart from the
+            // small one made here. Measured (the bench's `memory` case): one box of the whole
+            // future per fill left 1.5 MiB more RSS after 100,000 fills, 64.5 vs 63.0 MiB.
             step => Either::Right(Box::pin(async move {
-                let answer = self.proceed(step, client).await;
+                let answer = await_boxed!(self.proceed(step, client));
                 self.finish(answer, start, &method, path)
             })),
         }
@@ -206,10 +214,10 @@ impl Proxy {
                     .find(req.method(), req.uri().path())
                     .map(|m| m.route.id),
             },
-            None => {
-                let step = self.step(req, client, start);
-                self.proceed(step, client).await
-            }
+            None => match self.step(req, client, start) {
+                Step::Answered(answer) => answer,
+                step => await_boxed!(self.proceed(step, client)),
+            },
         };
         for (name, value) in admission.headers {
             answer.response.headers_mut().insert(name, value);
