@@ -1,39 +1,23 @@
 //! Forwarding to the upstream: the pooled client, and the header rules of a proxy
-//! (RFC 9110 §7.6: hop-by-hop fields removed both ways, `Via`, `X-Forwarded-For` and
-//! `Forwarded` added). Bodies are passed as streams; nothing here buffers.
+//! (RFC 9110 §7.6: hop-by-hop fields removed both ways, from requests here and from answers
+//! by the client's parse; `Via`, `X-Forwarded-For` and `Forwarded` added). Bodies are passed
+//! as streams; nothing here buffers.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::client::wire::{HOP_BY_HOP, HOP_COUNT};
 use crate::client::{Client, ClientConfig, Outgoing, UpstreamBody};
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 sidecache");
-
-const HOP_COUNT: usize = 9;
-/// Fields that describe one connection, never the message (RFC 9110 §7.6.1). `Connection`
-/// comes first: `strip_hop_by_hop` reads its tokens.
-const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -133,18 +117,13 @@ impl Upstream {
         self.client.encode(self.prepare(req, client), now)
     }
 
-    /// Sends an encoded request; the timeout covers the wait for the response head.
+    /// Sends an encoded request; the timeout covers the wait for the response head. The
+    /// answer comes without its hop-by-hop fields: the client's parse leaves them out.
     pub fn send(
         &self,
         out: Outgoing<Incoming>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
-        // A combinator, not an `async` block: that would hold the client's future twice (as
-        // captured, and as awaited), and the request beside it.
-        self.client.send_encoded(out).map(|sent| {
-            let mut resp = sent?;
-            strip_hop_by_hop(resp.headers_mut());
-            Ok(resp)
-        })
+        self.client.send_encoded(out)
     }
 }
 
