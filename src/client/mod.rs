@@ -103,6 +103,11 @@ impl<B> Outgoing<B> {
     pub fn started(&self) -> Instant {
         self.started
     }
+
+    /// The head as it will be written.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
 }
 
 /// Why an exchange failed, and whether the request may go again on a new connection.
@@ -134,15 +139,16 @@ impl Client {
         B: HttpBody<Data = Bytes> + 'a,
         B::Error: std::fmt::Display,
     {
-        self.send_encoded(self.encode(req, Instant::now()))
+        self.send_encoded(self.encode(req, wire::Added::default(), Instant::now()))
     }
 
     /// Encodes `req`'s head (path and query from its URI; the caller has prepared the
     /// headers, hop-by-hop fields already removed). What it returns holds no part of the
     /// request but its body: a request's header values share the server's read buffer, and
-    /// while any of them lives, the server's next read needs a new buffer. `now` starts the
-    /// request's `timeout` (the caller's clock read, not another).
-    pub fn encode<B>(&self, req: Request<B>, now: Instant) -> Outgoing<B>
+    /// while any of them lives, the server's next read needs a new buffer. `added` are
+    /// fields written besides the request's own; `now` starts the request's `timeout` (the
+    /// caller's clock read, not another).
+    pub fn encode<B>(&self, req: Request<B>, added: wire::Added<'_>, now: Instant) -> Outgoing<B>
     where
         B: HttpBody<Data = Bytes>,
     {
@@ -159,7 +165,14 @@ impl Client {
         };
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut head = BytesMut::new();
-        wire::encode_request_head(&mut head, &parts.method, path, &parts.headers, framing);
+        wire::encode_request_head(
+            &mut head,
+            &parts.method,
+            path,
+            &parts.headers,
+            added,
+            framing,
+        );
         let replayable = no_body && parts.method.is_idempotent();
         let http::request::Parts {
             method,

@@ -330,7 +330,7 @@ fn an_encoded_request_holds_nothing_of_the_head() {
         http::HeaderValue::from_maybe_shared(raw.slice(23..24)).unwrap(),
     );
     assert!(!raw.is_unique());
-    let out = client(1).encode(req, Instant::now());
+    let out = client(1).encode(req, wire::Added::default(), Instant::now());
     assert!(
         raw.is_unique(),
         "the encoded request still shares the head's buffer"

@@ -43,28 +43,51 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes `METHOD path HTTP/1.1`, the fields and our own framing field into `out`; the
-/// framing fields in `headers` are not copied.
+/// Fields a caller adds to a request head without inserting them into its map (an insert is
+/// a hash and a probe, ~150-200 instructions each, for fields a proxy adds to every request).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Added<'a> {
+    /// Written first, in place of the map's `Host`.
+    pub host: Option<&'a HeaderValue>,
+    /// Written after the map's fields.
+    pub extra: &'a [(HeaderName, HeaderValue)],
+}
+
+/// Writes `METHOD path HTTP/1.1`, the fields (with `added`) and our own framing field into
+/// `out`; the framing fields in `headers` are not copied.
 pub fn encode_request_head(
     out: &mut BytesMut,
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
+    added: Added<'_>,
     framing: RequestFraming,
 ) {
-    out.reserve(64 + path_and_query.len() + headers.len() * 32);
+    out.reserve(64 + path_and_query.len() + (headers.len() + added.extra.len() + 1) * 32);
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(path_and_query.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
+    };
+    if let Some(host) = added.host {
+        field(&header::HOST, host);
+    }
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || (name == header::HOST && added.host.is_some())
+        {
+            continue;
+        }
+        field(name, value);
+    }
+    for (name, value) in added.extra {
+        field(name, value);
     }
     match framing {
         RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -439,7 +462,7 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("b:80"));
         let head = |h: &HeaderMap, method: Method, framing| {
             let mut out = BytesMut::new();
-            encode_request_head(&mut out, &method, "/a?b=1", h, framing);
+            encode_request_head(&mut out, &method, "/a?b=1", h, Added::default(), framing);
             String::from_utf8(out.to_vec()).unwrap()
         };
         assert_eq!(

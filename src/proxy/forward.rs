@@ -7,11 +7,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::client::wire::{HOP_BY_HOP, HOP_COUNT};
+use crate::client::wire::{Added, HOP_BY_HOP, HOP_COUNT};
 use crate::client::{Client, ClientConfig, Outgoing, UpstreamBody};
 use crate::config::UpstreamConfig;
 use crate::error::ProxyError;
@@ -92,29 +92,38 @@ impl Upstream {
         self.timeout
     }
 
-    /// Turns a client request into the upstream request: same method, path, query and body;
-    /// hop-by-hop fields removed; forwarding fields added.
-    pub fn prepare<B>(&self, mut req: Request<B>, client: SocketAddr) -> Request<B> {
+    /// The upstream request for a client request, encoded: same method, path, query and
+    /// body; hop-by-hop fields removed; `Host` (unless preserved), `X-Forwarded-For`,
+    /// `Forwarded` and `Via` written into the head beside the request's own fields. From here
+    /// on nothing holds the client request's head. Its timeout runs from `now`.
+    pub fn encode<B>(&self, mut req: Request<B>, client: SocketAddr, now: Instant) -> Outgoing<B>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+    {
         let h = req.headers_mut();
         strip_hop_by_hop(h);
-        let original_host = h.get(header::HOST).cloned();
-        if !self.preserve_host || original_host.is_none() {
-            h.insert(header::HOST, self.host.clone());
-        }
-        add_forwarded(h, client.ip(), original_host.as_ref());
-        h.append(header::VIA, VIA_VALUE);
-        req
-    }
-
-    /// The upstream request for a client request ([`Self::prepare`]), encoded: from here on
-    /// nothing holds the client request's head. Its timeout runs from `now`.
-    pub fn encode(
-        &self,
-        req: Request<Incoming>,
-        client: SocketAddr,
-        now: Instant,
-    ) -> Outgoing<Incoming> {
-        self.client.encode(self.prepare(req, client), now)
+        let original_host = h.get(header::HOST);
+        let (address, forwarded) = forwarding_values(client.ip(), original_host);
+        let host = (!self.preserve_host || original_host.is_none()).then_some(&self.host);
+        // One `X-Forwarded-For` line: the client's list (all its lines) and this client.
+        // Looked up first: `entry` would make room for a field even when there is none.
+        let xff = match h.contains_key(&X_FORWARDED_FOR) {
+            false => address,
+            true => match h.entry(X_FORWARDED_FOR) {
+                Entry::Occupied(e) => joined(e.remove_entry_mult().1, &address),
+                Entry::Vacant(_) => address,
+            },
+        };
+        let extra = [
+            (X_FORWARDED_FOR, xff),
+            (header::FORWARDED, forwarded),
+            (header::VIA, VIA_VALUE),
+        ];
+        let added = Added {
+            host,
+            extra: &extra,
+        };
+        self.client.encode(req, added, now)
     }
 
     /// Sends an encoded request; the timeout covers the wait for the response head. The
@@ -127,19 +136,16 @@ impl Upstream {
     }
 }
 
-fn add_forwarded(h: &mut HeaderMap, ip: std::net::IpAddr, host: Option<&HeaderValue>) {
-    let (address, forwarded) = forwarding_values(ip, host);
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            let address = address.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prev}, {address}")).ok()
+/// The values of `prev`, then `address`, as one comma-separated list.
+fn joined(prev: impl Iterator<Item = HeaderValue>, address: &HeaderValue) -> HeaderValue {
+    let mut list = Vec::with_capacity(64);
+    for value in prev.chain(std::iter::once(address.clone())) {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
         }
-        None => Some(address),
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
+        list.extend_from_slice(value.as_bytes());
     }
-    h.append(header::FORWARDED, forwarded);
+    HeaderValue::from_bytes(&list).expect("valid values joined by commas are a valid value")
 }
 
 /// The values a client at `ip` asking for `host` gets: its address as text (for
@@ -251,41 +257,76 @@ mod tests {
         assert_eq!(h.keys().collect::<Vec<_>>(), [header::CONTENT_LENGTH]);
     }
 
+    fn upstream(preserve_host: bool) -> Upstream {
+        Upstream::new(&UpstreamConfig {
+            url: "http://origin:8080".parse().unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle: 1,
+            preserve_host,
+        })
+    }
+
+    /// The head `upstream` writes for a GET from `ip` with `fields`.
+    fn head(upstream: &Upstream, ip: &str, fields: &[(&str, &'static str)]) -> String {
+        let mut req = Request::get("/x")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        for &(name, value) in fields {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            req.headers_mut()
+                .append(name, HeaderValue::from_static(value));
+        }
+        let client = SocketAddr::new(ip.parse().unwrap(), 40000);
+        let out = upstream.encode(req, client, Instant::now());
+        String::from_utf8(out.head().to_vec()).unwrap()
+    }
+
     #[test]
-    fn forwarding_fields_are_appended() {
-        let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(
-            &mut h,
-            "::1".parse().unwrap(),
-            Some(&HeaderValue::from_static("app:8080")),
-        );
-        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, ::1");
+    fn forwarding_fields_are_added() {
+        let up = upstream(false);
+        let fields = [
+            ("host", "app:8080"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("forwarded", "for=10.0.0.1"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("accept", "*/*"),
+        ];
+        // Host replaced (first), the client's list joined with this client, the Forwarded
+        // and Via elements after the client's own; hop-by-hop fields gone.
         assert_eq!(
-            h.get(header::FORWARDED).unwrap(),
-            "for=\"[::1]\";proto=http;host=\"app:8080\""
+            head(&up, "::1", &fields),
+            "GET /x HTTP/1.1\r\nhost: origin:8080\r\naccept: */*\r\n\
+             forwarded: for=10.0.0.1\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, ::1\r\n\
+             forwarded: for=\"[::1]\";proto=http;host=\"app:8080\"\r\nvia: 1.1 sidecache\r\n\r\n"
         );
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "10.20.0.255".parse().unwrap(), None);
-        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.20.0.255");
         assert_eq!(
-            h.get(header::FORWARDED).unwrap(),
-            "for=10.20.0.255;proto=http"
+            head(&upstream(true), "10.20.0.255", &[("host", "app:8080")]),
+            "GET /x HTTP/1.1\r\nhost: app:8080\r\nx-forwarded-for: 10.20.0.255\r\n\
+             forwarded: for=10.20.0.255;proto=http;host=\"app:8080\"\r\nvia: 1.1 sidecache\r\n\r\n"
+        );
+        // No Host at all: ours, even when preserving.
+        assert_eq!(
+            head(&upstream(true), "10.20.0.255", &[]),
+            "GET /x HTTP/1.1\r\nhost: origin:8080\r\nx-forwarded-for: 10.20.0.255\r\n\
+             forwarded: for=10.20.0.255;proto=http\r\nvia: 1.1 sidecache\r\n\r\n"
         );
         // The same client again, then with another Host: the kept values follow both.
         for host in [None, Some("b:1"), Some("c:2"), None] {
-            let mut h = HeaderMap::new();
-            let host = host.map(HeaderValue::from_static);
-            add_forwarded(&mut h, "10.20.0.255".parse().unwrap(), host.as_ref());
-            let expected = match &host {
-                Some(host) => format!(
-                    "for=10.20.0.255;proto=http;host=\"{}\"",
-                    host.to_str().unwrap()
-                ),
-                None => "for=10.20.0.255;proto=http".to_string(),
+            let fields: Vec<_> = host.map(|h| ("host", h)).into_iter().collect();
+            let expected = match host {
+                Some(host) => format!("forwarded: for=10.20.0.255;proto=http;host=\"{host}\"\r\n"),
+                None => "forwarded: for=10.20.0.255;proto=http\r\n".to_string(),
             };
-            assert_eq!(h.get(header::FORWARDED).unwrap(), expected.as_str());
-            assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.20.0.255");
+            let written = head(&up, "10.20.0.255", &fields);
+            assert!(written.contains(&expected), "{written}");
+            assert!(
+                written.contains("x-forwarded-for: 10.20.0.255\r\n"),
+                "{written}"
+            );
         }
     }
 }
