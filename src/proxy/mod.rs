@@ -187,9 +187,15 @@ impl Proxy {
             Step::Answered(answer) => {
                 Either::Left(future::ready(self.finish(answer, start, &method, path)))
             }
-            // The forwarding future is all such a request holds: one box.
+            // The forwarding future is all such a request holds: one box, and the encoded
+            // request moved straight into it (not through `proceed`'s state first).
             Step::Pass(out) => Either::Right(Box::pin(async move {
-                let answer = self.proceed(Step::Pass(out), client).await;
+                let (response, outcome) = self.pass(out, self.routes.get(None), None).await;
+                let answer = Answer {
+                    response,
+                    outcome,
+                    route: None,
+                };
                 self.finish(answer, start, &method, path)
             })),
             // What may store an entry keeps its state in a box of its own, apart from the
