@@ -105,6 +105,7 @@ impl<B> Outgoing<B> {
     }
 
     /// The head as it will be written.
+    #[cfg(test)]
     pub fn head(&self) -> &[u8] {
         &self.head
     }

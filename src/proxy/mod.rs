@@ -190,12 +190,7 @@ impl Proxy {
             // The forwarding future is all such a request holds: one box, and the encoded
             // request moved straight into it (not through `proceed`'s state first).
             Step::Pass(out) => Either::Right(Box::pin(async move {
-                let (response, outcome) = self.pass(out, self.routes.get(None), None).await;
-                let answer = Answer {
-                    response,
-                    outcome,
-                    route: None,
-                };
+                let answer = self.pass_through(out).await;
                 self.finish(answer, start, &method, path)
             })),
             // What may store an entry keeps its state in a box of its own, apart from the
@@ -307,11 +302,11 @@ impl Proxy {
     async fn proceed(&self, step: Step, client: SocketAddr) -> Answer {
         let (route, (response, outcome)) = match step {
             Step::Answered(answer) => return answer,
-            Step::Pass(out) => (None, self.pass(out, self.routes.get(None), None).await),
+            Step::Pass(out) => return self.pass_through(out).await,
             Step::Write(out, write) => {
                 let refresh = write.refresh();
-                let (response, outcome) = self.pass(out, self.routes.get(None), None).await;
-                if write.succeeded(response.status().as_u16()) {
+                let answer = self.pass_through(out).await;
+                if write.succeeded(answer.response.status().as_u16()) {
                     // Before the response leaves: the caller must read its own write afterwards.
                     let target = Target {
                         tags: write.tags,
@@ -319,7 +314,7 @@ impl Proxy {
                     };
                     await_boxed!(self.invalidator.invalidate(target, Source::Write, refresh));
                 }
-                (None, (response, outcome))
+                return answer;
             }
             Step::NoIdentity(route, out) => {
                 let rm = self.routes.get(Some(route));
@@ -339,6 +334,16 @@ impl Proxy {
             outcome,
             route,
         }
+    }
+
+    /// A request on no cached route, forwarded as it is.
+    fn pass_through(&self, out: Outgoing<Incoming>) -> impl Future<Output = Answer> + '_ {
+        self.pass(out, self.routes.get(None), None)
+            .map(|(response, outcome)| Answer {
+                response,
+                outcome,
+                route: None,
+            })
     }
 
     /// After an L1 miss on a cached route: coalesce → (L2 | fill).
