@@ -42,6 +42,7 @@ pub mod error;
 pub mod invalidate;
 pub mod limit;
 pub mod metrics;
+pub mod net;
 pub mod proxy;
 pub mod redis;
 pub mod reload;

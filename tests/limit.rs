@@ -147,6 +147,89 @@ async fn headers_tell_clients_where_they_stand() {
         .is_none());
 }
 
+/// Without `[l2]` every decision is this pod's own, made before anything else about the
+/// request: for forwarded requests, for L1 hits on a limited route and for denials alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_each_pod_decides_alone_on_every_path() {
+    let origin =
+        Origin::start(|_| Reply::json("{\"v\":1}").header("cache-control", "max-age=60")).await;
+    let extra = r#"
+[[route]]
+name = "group"
+match = "GET /api/groups/{group}"
+ttl = "1h"
+
+[[limit]]
+name = "orders"
+match = "POST /api/orders"
+key = "header:x-user-id"
+rate = "10/s"
+burst = 1
+
+[[limit]]
+name = "groups"
+route = "group"
+key = "ip"
+rate = "3/min"
+burst = 3
+"#;
+    let pod = Sidecache::start(&origin, extra).await;
+    // A forwarded request: 10/s, burst 1 (one replica: the whole rate is this pod's).
+    let ok = pod
+        .request(Method::POST, "/api/orders", &[("x-user-id", "gina")], "{}")
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    let no = pod
+        .request(Method::POST, "/api/orders", &[("x-user-id", "gina")], "{}")
+        .await;
+    assert_eq!(no.status, 429);
+    assert_eq!(no.header("retry-after"), "1");
+    assert_eq!(no.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    // A cached route: the miss, then L1 hits, all counted against the same client.
+    let seen: Vec<_> = [
+        pod.get("/api/groups/vip").await,
+        pod.get("/api/groups/vip").await,
+        pod.get("/api/groups/vip").await,
+    ]
+    .into_iter()
+    .map(|r| {
+        (
+            r.status,
+            r.header("cache-status").to_string(),
+            r.header("ratelimit").to_string(),
+        )
+    })
+    .collect();
+    // Burst 3 at 3/min: each request takes one of the three, 20 s more until all are back.
+    let expect = [
+        (200, "stored", "\"groups\";r=2;t=20"),
+        (200, "; hit;", "\"groups\";r=1;t=40"),
+        (200, "; hit;", "\"groups\";r=0;t=60"),
+    ];
+    for ((status, cache, limit), (want_status, want_cache, want_limit)) in seen.iter().zip(expect) {
+        assert_eq!(*status, want_status, "{seen:?}");
+        assert!(cache.contains(want_cache), "{seen:?}");
+        assert_eq!(limit, want_limit, "{seen:?}");
+    }
+    let denied = pod.get("/api/groups/vip").await;
+    assert_eq!(denied.status, 429, "a hit over the limit is denied too");
+    assert_eq!(denied.header("ratelimit-policy"), "\"groups\";q=3;w=60");
+    assert_eq!(origin.hits(), 2, "one POST and one fill reached the origin");
+    let m = pod.metrics().await;
+    let decisions =
+        |labels: &[(&str, &str)]| metric(&m, "sidecache_ratelimit_decisions_total", labels);
+    assert_eq!(
+        decisions(&[("backend", "local"), ("outcome", "denied")]),
+        2.0
+    );
+    assert_eq!(
+        decisions(&[("backend", "local"), ("outcome", "allowed")]),
+        4.0
+    );
+    assert_eq!(decisions(&[("backend", "redis")]), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_request_costs_one_redis_round_trip() {
     let redis = RedisServer::start();

@@ -173,7 +173,7 @@ fn forwarding_values(
         {
             return (l.address.clone(), l.forwarded.clone());
         }
-        let text = ip_text(ip);
+        let text = crate::net::ip_text(ip);
         let mut fwd = String::with_capacity(64);
         fwd.push_str("for=");
         if ip.is_ipv6() {
@@ -206,24 +206,6 @@ fn forwarding_values(
         });
         (address, forwarded)
     })
-}
-
-/// The address as text; IPv4 without the formatting machinery (this runs per request).
-fn ip_text(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut out = String::with_capacity(15);
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                out.push_str(digits.format(octet));
-            }
-            out
-        }
-        std::net::IpAddr::V6(_) => ip.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{self, Either, Ready};
 use futures_util::FutureExt;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -41,7 +41,7 @@ use crate::config::{Config, Scope};
 use crate::error::ProxyError;
 use crate::invalidate::rules::{Matched, WriteRules};
 use crate::invalidate::{Invalidator, Source, Target};
-use crate::limit::{Admission, Limiter};
+use crate::limit::{Admit, Limiter};
 use crate::metrics::{Metrics, RouteMetrics, RouteTable};
 use crate::route::{Route, Router};
 use body::Body;
@@ -170,70 +170,102 @@ impl Proxy {
     ///
     /// Called from hyper's service call, which hyper follows with a read of the client's
     /// socket before it polls the future returned here. What needs no I/O is done before
-    /// that read: an L1 hit is answered whole, a forwarded request's head is encoded. A
+    /// that read: rate limits without Redis are decided, an L1 hit is answered whole, a
+    /// forwarded request's head is encoded. A
     /// request head still alive at that read costs a new read buffer (an 8 KiB allocation
     /// and free per request, and glibc's consolidation of its free lists with each).
     pub fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Handling {
         let start = Instant::now();
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_string());
-        if !self.limiter.is_empty() {
-            return Either::Right(Box::pin(async move {
-                let answer = self.admitted(req, client, start).await;
-                self.finish(answer, start, &method, path)
-            }));
-        }
-        match self.step(req, client, start) {
-            Step::Answered(answer) => {
-                Either::Left(future::ready(self.finish(answer, start, &method, path)))
+        // Rate-limit fields (none without a `[[limit]]` that applies) go on every answer.
+        // Without limits the step is taken straight: through `admitted` it cost a copy more.
+        let mut limits = Vec::new();
+        let step = if self.limiter.is_empty() {
+            self.step(req, client, start)
+        } else {
+            match self.limiter.admit(
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+                client,
+                &self.router,
+            ) {
+                Admit::Decided(admission) => {
+                    limits = admission.headers;
+                    self.admitted(admission.denied.as_ref(), req, client, start)
+                }
+                Admit::Shared(pending) => {
+                    return Either::Right(Box::pin(async move {
+                        let admission = await_boxed!(self.limiter.decide_shared(pending));
+                        let denied = admission.denied.as_ref();
+                        let answer = match self.admitted(denied, req, client, start) {
+                            Step::Answered(answer) => answer,
+                            step => await_boxed!(self.proceed(step, client)),
+                        };
+                        self.finish(answer, admission.headers, start, &method, path)
+                    }))
+                }
             }
+        };
+        match step {
+            Step::Answered(answer) => Either::Left(future::ready(
+                self.finish(answer, limits, start, &method, path),
+            )),
             // The forwarding future is all such a request holds: one box, and the encoded
             // request moved straight into it (not through `proceed`'s state first).
             Step::Pass(out) => Either::Right(Box::pin(async move {
                 let answer = self.pass_through(out).await;
-                self.finish(answer, start, &method, path)
+                self.finish(answer, limits, start, &method, path)
             })),
             // What may store an entry keeps its state in a box of its own, apart from the
             // small one made here. Measured (the bench's `memory` case): one box of the whole
             // future per fill left 1.5 MiB more RSS after 100,000 fills, 64.5 vs 63.0 MiB.
             step => Either::Right(Box::pin(async move {
                 let answer = await_boxed!(self.proceed(step, client));
-                self.finish(answer, start, &method, path)
+                self.finish(answer, limits, start, &method, path)
             })),
         }
     }
 
-    /// The admit phase, then the rest: rate-limit headers go on every answer.
-    async fn admitted(&self, req: Request<Incoming>, client: SocketAddr, start: Instant) -> Answer {
-        let admission = await_boxed!(self.admit(&req, client));
-        let mut answer = match admission.denied.clone() {
-            Some((rule, retry_after)) => Answer {
-                response: rescue::rate_limited(&rule, retry_after),
+    /// A request past admission: denied (a 429, answered), or on to [`Self::step`].
+    fn admitted(
+        &self,
+        denied: Option<&(String, u64)>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        start: Instant,
+    ) -> Step {
+        match denied {
+            Some((rule, retry_after)) => Step::Answered(Answer {
+                response: rescue::rate_limited(rule, *retry_after),
                 outcome: CacheOutcome::Limited,
                 route: self
                     .router
                     .find(req.method(), req.uri().path())
                     .map(|m| m.route.id),
-            },
-            None => match self.step(req, client, start) {
-                Step::Answered(answer) => answer,
-                step => await_boxed!(self.proceed(step, client)),
-            },
-        };
-        for (name, value) in admission.headers {
-            answer.response.headers_mut().insert(name, value);
+            }),
+            None => self.step(req, client, start),
         }
-        answer
     }
 
     /// Metrics and the access log of an answered request.
     fn finish(
         &self,
-        answer: Answer,
+        mut answer: Answer,
+        limits: Vec<(HeaderName, HeaderValue)>,
         start: Instant,
         method: &Method,
         path: Option<String>,
     ) -> Response<Body> {
+        if !limits.is_empty() {
+            // One growth of the map for all of them, not one per field.
+            let headers = answer.response.headers_mut();
+            headers.reserve(limits.len());
+            for (name, value) in limits {
+                headers.insert(name, value);
+            }
+        }
         let status = answer.response.status().as_u16();
         let elapsed = start.elapsed().as_secs_f64();
         let rm = self.routes.get(answer.route);
@@ -251,19 +283,6 @@ impl Proxy {
             );
         }
         answer.response
-    }
-
-    /// The admit phase: every rate limit that applies, in one decision.
-    async fn admit(&self, req: &Request<Incoming>, client: SocketAddr) -> Admission {
-        self.limiter
-            .admit(
-                req.method(),
-                req.uri().path(),
-                req.headers(),
-                client,
-                &self.router,
-            )
-            .await
     }
 
     /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup. A
