@@ -27,8 +27,9 @@
 #   keys         (3) 3000 group URLs (100 groups x 30 symbols), uniform and Zipf (s=$ZIPF_S),
 #                    all warmed first (scripts/wrk/keys.lua picks the path per request)
 #   miss         (5) pass-through: a path no route caches, to a fast origin (`return 200`);
-#                    sidecache vs nginx proxy_pass without cache vs Varnish pass, keep-alive
-#                    to the origin everywhere
+#                    sidecache vs nginx proxy_pass without cache (stock, and adding the
+#                    forwarding fields sidecache adds) vs Varnish pass, keep-alive to the
+#                    origin everywhere
 #   limit        (9b) L1 hit with a [[limit]] rule decided locally (no [l2]) vs no limit:
 #                    latency at c1 and throughput at c$CONNECTIONS
 #   l2           (4) L2 hit with L1 effectively off (`[l1] max_age = "1ms"`): 3000 keys uniform
@@ -76,7 +77,7 @@ LATENCY_RUNS=${LATENCY_RUNS:-$((RUNS + 2))}
 LOAD_WAIT=${LOAD_WAIT:-600}
 HIT_SERVERS=${HIT_SERVERS:-sidecache nginx nginx-tuned varnish}
 KEYS_SERVERS=${KEYS_SERVERS:-sidecache nginx nginx-tuned varnish}
-MISS_SERVERS=${MISS_SERVERS:-sidecache nginx varnish}
+MISS_SERVERS=${MISS_SERVERS:-sidecache nginx nginx-fwd varnish}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$ROOT/bench-results"
 RAW="$OUT/tmp/bench-$STAMP"
@@ -179,7 +180,7 @@ fetch_all() {
 
 # --- ports and configs ---------------------------------------------------------------------------
 declare -A PORT ADMIN
-for s in origin ceiling nginx nginx-tuned varnish sidecache sidecache-limit sidecache-l2 \
+for s in origin ceiling nginx nginx-tuned nginx-fwd varnish sidecache sidecache-limit sidecache-l2 \
     sidecache-cmd sidecache-redis sidecache-mem; do
     free_port && PORT[$s]=$FREE_PORT
 done
@@ -259,7 +260,9 @@ $(nginx_temp_paths "$C")
 EOF
 }
 
-# (2) nginx proxy_cache, two flavours. $1 name, $2.. extra http-level directives.
+# (2) nginx proxy_cache, two flavours. $1 name, $2.. extra http-level directives;
+# $SERVER_FIELDS: extra server-level directives (proxy_set_header lines must all sit at one
+# level: a level that sets any of them inherits none from above).
 nginx_cache_conf() {
     local name=$1 n="$TMP/$1"
     shift
@@ -285,6 +288,7 @@ $(printf '    %s\n' "$@")
         listen 127.0.0.1:${PORT[$name]} backlog=4096;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
+${SERVER_FIELDS:-}
         location / {
             proxy_pass http://origin;
             proxy_cache l1;
@@ -390,6 +394,15 @@ write_conf() {
         nginx_cache_conf nginx-tuned "sendfile off;" \
             "open_file_cache max=10000 inactive=60s;" "open_file_cache_valid 60s;" "open_file_cache_min_uses 1;"
         ;;
+    # Pass-through doing sidecache's job: the forwarding fields sidecache adds to every request
+    # (X-Forwarded-For, Forwarded, Via), which the origin then parses. Stock nginx adds none.
+    nginx-fwd)
+        SERVER_FIELDS=$(printf '        %s\n' \
+            'proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;' \
+            'proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\"";' \
+            'proxy_set_header Via "1.1 nginx";') \
+            nginx_cache_conf nginx-fwd "sendfile on;" "tcp_nopush on;"
+        ;;
     varnish) varnish_conf ;;
     sidecache | sidecache-mem) sidecache_conf "$1" ;;
     sidecache-limit) sidecache_conf sidecache-limit "$LIMIT_RULE" ;;
@@ -402,9 +415,9 @@ write_conf() {
 }
 # Every config is written and checked once up front, so that a bad one fails before any run;
 # `start` writes it again with ports picked at that moment.
-ALL_SERVERS="origin ceiling nginx nginx-tuned varnish sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem"
+ALL_SERVERS="origin ceiling nginx nginx-tuned nginx-fwd varnish sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem"
 for s in $ALL_SERVERS; do write_conf "$s"; done
-for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned"; do
+for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned" "$TMP/nginx-fwd"; do
     "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" 2>"$TMP/nginx-t.out" || die "$d/nginx.conf: $(cat "$TMP/nginx-t.out")"
 done
 
@@ -422,7 +435,7 @@ start() {
         case $s in
         origin) spawn origin taskset -c "$LOAD_CPU" "$NGINX" -p "$O" -c "$O/nginx.conf" ;;
         ceiling) spawn ceiling taskset -c "$PROXY_CPU" "$NGINX" -p "$C" -c "$C/nginx.conf" ;;
-        nginx | nginx-tuned) spawn "$s" taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/$s" -c "$TMP/$s/nginx.conf" ;;
+        nginx | nginx-tuned | nginx-fwd) spawn "$s" taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/$s" -c "$TMP/$s/nginx.conf" ;;
         varnish)
             spawn varnish taskset -c "$PROXY_CPU" "$VARNISHD" -F -j none -n "$V/work" \
                 -a "127.0.0.1:${PORT[varnish]}" -f "$V/default.vcl" -s malloc,256m -p thread_pools=1
@@ -914,7 +927,7 @@ fi
 ELAPSED=$((SECONDS - T_START))
 
 # --- report ----------------------------------------------------------------------------------------
-for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned"; do cp "$d/nginx.conf" "$RAW/$(basename "$d").nginx.conf"; done
+for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned" "$TMP/nginx-fwd"; do cp "$d/nginx.conf" "$RAW/$(basename "$d").nginx.conf"; done
 cp "$V/default.vcl" "$RAW/varnish.vcl"
 for s in sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem; do cp "$TMP/$s/sidecache.toml" "$RAW/$s.toml"; done
 [[ -n ${PID[sidecache]:-} ]] && metrics sidecache >"$RAW/sidecache-metrics.txt" || true
@@ -935,6 +948,7 @@ declare -A LABEL=(
     # Per case where the same server plays another part (looked up first).
     [miss/sidecache]="sidecache, pass-through (no cached route)"
     [miss/nginx]="nginx proxy_pass, no cache (keepalive 64)"
+    [miss/nginx-fwd]="nginx proxy_pass, no cache, adding sidecache's forwarding fields"
     [miss/varnish]="Varnish, pass"
 )
 col() { awk -v c="$1" -v l="$2" -v k="$3" '$1 == c && $2 == l { print $k }' "$RESULTS"; }
@@ -1055,9 +1069,10 @@ verdict() { awk -v v="$1" -v o="$2" -v l="$3" 'BEGIN { if (v == "" || v == "–"
             [[ -n $(med keys-zipf "$ref") ]] && { r=$(ratio "$(med keys-zipf sidecache)" "$(med keys-zipf "$ref")"); echo "| many keys, Zipf >= 1.5x ${LABEL[$ref]} | ${r}x | $(verdict "$r" ">=" 1.5) |"; }
         done
     fi
-    if [[ -n $(med miss sidecache) && -n $(med miss nginx) ]]; then
-        r=$(ratio "$(med miss sidecache)" "$(med miss nginx)")
-        echo "| pass-through >= 1.0x nginx proxy_pass without cache | ${r}x | $(verdict "$r" ">=" 1.0) |"
+    if [[ -n $(med miss sidecache) ]]; then
+        for ref in nginx nginx-fwd; do
+            [[ -n $(med miss "$ref") ]] && { r=$(ratio "$(med miss sidecache)" "$(med miss "$ref")"); echo "| pass-through >= 1.0x ${LABEL[miss/$ref]} | ${r}x | $(verdict "$r" ">=" 1.0) |"; }
+        done
     fi
     if [[ -n $(p99 latency sidecache) ]]; then
         for ref in nginx nginx-tuned varnish; do
