@@ -2,9 +2,14 @@
 # Userspace instructions per request, counted by `valgrind --tool=callgrind` (repeatable
 # whatever else the machine does, unlike req/s): sidecache, and nginx doing the same job.
 #
-#   scripts/instructions-per-request.sh                    # pass-through: sidecache vs nginx proxy_pass
+#   scripts/instructions-per-request.sh                    # pass-through: sidecache vs nginx proxy_pass (stock, and adding sidecache's forwarding fields)
 #   PATH_UNDER_TEST=/api/groups/VIP/EURUSD scripts/instructions-per-request.sh   # L1 hits (sidecache only)
 #   SIDECACHE_BIN=/tmp/old-sidecache scripts/instructions-per-request.sh        # another build
+#
+# For pass-through it then counts the origin's side: the origin's instructions per request
+# behind each proxy (sidecache, nginx proxy_pass, and nginx adding the forwarding fields
+# sidecache adds). In a load-limited run the origin's core is shared with wrk, so what a proxy's
+# request costs the origin to parse shows in that proxy's req/s.
 #
 # The origin is an nginx `return 200` of a ~540-byte JSON body; each server runs under callgrind
 # while `wrk -t1 -c16` drives it for DURATION seconds; the count includes start-up (about 1M
@@ -95,4 +100,29 @@ if [[ $PATH_UNDER_TEST != /api/groups/* ]]; then
         "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }"
     spawn nginx valgrind --tool=callgrind --callgrind-out-file="$TMP/nginx.cg" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf"
     count nginx "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
+    # nginx doing sidecache's job: adding the same forwarding fields.
+    free_port && NGINX_FWD_PORT=$FREE_PORT
+    MASTER=off nginx_conf "$TMP/nginx-fwd" "$NGINX_FWD_PORT" \
+        'proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\""; proxy_set_header Via "1.1 nginx";' \
+        "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }"
+    spawn nginx-fwd valgrind --tool=callgrind --callgrind-out-file="$TMP/nginx-fwd.cg" "$NGINX" -p "$TMP/nginx-fwd" -c "$TMP/nginx-fwd/nginx.conf"
+    count nginx-fwd "http://127.0.0.1:$NGINX_FWD_PORT$PATH_UNDER_TEST"
+
+    echo
+    echo "The origin's side: its instructions per request behind each proxy."
+    echo
+    echo "| origin behind | requests | instructions | per request |"
+    echo "|---|---:|---:|---:|"
+    spawn sidecache "$BIN" --config "$TMP/sidecache.toml"
+    spawn nginx "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf"
+    spawn nginx-fwd "$NGINX" -p "$TMP/nginx-fwd" -c "$TMP/nginx-fwd/nginx.conf"
+    stop_pid "${PID[origin]}"
+    unset "PID[origin]"
+    MASTER=off nginx_conf "$TMP/origin" "$ORIGIN" "default_type application/json; return 200 '$BODY';"
+    for proxy in sidecache:$PROXY nginx:$NGINX_PORT nginx-fwd:$NGINX_FWD_PORT; do
+        name="origin, behind ${proxy%%:*}"
+        spawn "$name" valgrind --tool=callgrind --callgrind-out-file="$TMP/$name.cg" "$NGINX" -p "$TMP/origin" -c "$TMP/origin/nginx.conf"
+        wait_http "http://127.0.0.1:$ORIGIN/" 60
+        count "$name" "http://127.0.0.1:${proxy#*:}$PATH_UNDER_TEST"
+    done
 fi
