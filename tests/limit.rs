@@ -65,6 +65,21 @@ async fn hammer(pods: &[Arc<Sidecache>], user: &'static str, span: Duration) -> 
     )
 }
 
+/// Two POST /api/orders as `user` under the `orders` rule (burst 1): the first is allowed,
+/// the second denied with `Retry-After`; both carry the policy. Returns both answers.
+async fn one_order_then_denied(pod: &Sidecache, user: &str) -> (Resp, Resp) {
+    let headers = [("x-user-id", user)];
+    let order = || pod.request(Method::POST, "/api/orders", &headers, "{}");
+    let ok = order().await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    let no = order().await;
+    assert_eq!(no.status, 429);
+    assert_eq!(no.header("retry-after"), "1");
+    assert_eq!(no.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    (ok, no)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_share_one_limit_through_redis() {
     let redis = RedisServer::start();
@@ -114,18 +129,8 @@ async fn headers_tell_clients_where_they_stand() {
     let redis = RedisServer::start();
     let origin = Origin::start(|_| Reply::json("{}")).await;
     let pod = Sidecache::start(&origin, &limits(&l2_standalone(&redis.url()), "enforce")).await;
-    let ok = pod
-        .request(Method::POST, "/api/orders", &[("x-user-id", "carol")], "{}")
-        .await;
-    assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    let (ok, no) = one_order_then_denied(&pod, "carol").await;
     assert_eq!(ok.header("ratelimit"), "\"orders\";r=0;t=1");
-    let no = pod
-        .request(Method::POST, "/api/orders", &[("x-user-id", "carol")], "{}")
-        .await;
-    assert_eq!(no.status, 429);
-    assert_eq!(no.header("retry-after"), "1");
-    assert_eq!(no.header("ratelimit-policy"), "\"orders\";q=10;w=1");
     let v: serde_json::Value = serde_json::from_slice(&no.body).unwrap();
     assert_eq!(v["error"], "rate_limited");
     assert_eq!(v["rule"], "orders");
@@ -153,18 +158,13 @@ async fn headers_tell_clients_where_they_stand() {
 async fn without_redis_each_pod_decides_alone_on_every_path() {
     let origin =
         Origin::start(|_| Reply::json("{\"v\":1}").header("cache-control", "max-age=60")).await;
-    let extra = r#"
+    // `limits` without `[l2]`, and a route-scoped rule on a cached route.
+    let extra = limits("", "enforce")
+        + r#"
 [[route]]
 name = "group"
 match = "GET /api/groups/{group}"
 ttl = "1h"
-
-[[limit]]
-name = "orders"
-match = "POST /api/orders"
-key = "header:x-user-id"
-rate = "10/s"
-burst = 1
 
 [[limit]]
 name = "groups"
@@ -173,19 +173,9 @@ key = "ip"
 rate = "3/min"
 burst = 3
 "#;
-    let pod = Sidecache::start(&origin, extra).await;
-    // A forwarded request: 10/s, burst 1 (one replica: the whole rate is this pod's).
-    let ok = pod
-        .request(Method::POST, "/api/orders", &[("x-user-id", "gina")], "{}")
-        .await;
-    assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("ratelimit-policy"), "\"orders\";q=10;w=1");
-    let no = pod
-        .request(Method::POST, "/api/orders", &[("x-user-id", "gina")], "{}")
-        .await;
-    assert_eq!(no.status, 429);
-    assert_eq!(no.header("retry-after"), "1");
-    assert_eq!(no.header("ratelimit-policy"), "\"orders\";q=10;w=1");
+    let pod = Sidecache::start(&origin, &extra).await;
+    // A forwarded request: 10/s over 3 replicas locally, burst 1.
+    one_order_then_denied(&pod, "gina").await;
     // A cached route: the miss, then L1 hits, all counted against the same client.
     let seen: Vec<_> = [
         pod.get("/api/groups/vip").await,
@@ -201,11 +191,12 @@ burst = 3
         )
     })
     .collect();
-    // Burst 3 at 3/min: each request takes one of the three, 20 s more until all are back.
+    // Burst 3 at 3/min over 3 replicas (1/min here): each request takes one of the three,
+    // 60 s more until all are back.
     let expect = [
-        (200, "stored", "\"groups\";r=2;t=20"),
-        (200, "; hit;", "\"groups\";r=1;t=40"),
-        (200, "; hit;", "\"groups\";r=0;t=60"),
+        (200, "stored", "\"groups\";r=2;t=60"),
+        (200, "; hit;", "\"groups\";r=1;t=120"),
+        (200, "; hit;", "\"groups\";r=0;t=180"),
     ];
     for ((status, cache, limit), (want_status, want_cache, want_limit)) in seen.iter().zip(expect) {
         assert_eq!(*status, want_status, "{seen:?}");

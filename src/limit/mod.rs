@@ -4,7 +4,8 @@
 //! Each matching `[[limit]]` rule is decided by one GCRA script call (all rules of a request
 //! in one batch: at most one Redis round trip). When Redis is slow, down or behind the open
 //! breaker, each pod decides locally at `rate / replicas`, and goes back to Redis by itself
-//! once the breaker closes. Every limited response carries `RateLimit-Policy` and `RateLimit`
+//! once the breaker closes. Without `[l2]` every decision is local, and made before the
+//! request's future exists (no I/O to wait for). Every limited response carries `RateLimit-Policy` and `RateLimit`
 //! (draft-ietf-httpapi-ratelimit-headers); a denial is a 429 with `Retry-After`.
 
 pub mod gcra;
@@ -112,8 +113,8 @@ impl Limiter {
     }
 
     /// Admission as far as it goes without I/O: the rules that apply and their clients'
-    /// keys, decided here by this pod's buckets when there is no Redis to share them. A
-    /// request that no rule applies to costs one check of an empty list.
+    /// keys, decided here by this pod's buckets when there is no Redis to share them.
+    /// Without any `[[limit]]` this is one check of an empty list.
     pub fn admit(
         &self,
         method: &Method,

@@ -171,9 +171,9 @@ impl Proxy {
     /// Called from hyper's service call, which hyper follows with a read of the client's
     /// socket before it polls the future returned here. What needs no I/O is done before
     /// that read: rate limits without Redis are decided, an L1 hit is answered whole, a
-    /// forwarded request's head is encoded. A
-    /// request head still alive at that read costs a new read buffer (an 8 KiB allocation
-    /// and free per request, and glibc's consolidation of its free lists with each).
+    /// forwarded request's head is encoded. A request head still alive at that read costs a
+    /// new read buffer (an 8 KiB allocation and free per request, and glibc's consolidation
+    /// of its free lists with each).
     pub fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Handling {
         let start = Instant::now();
         let method = req.method().clone();
@@ -249,7 +249,7 @@ impl Proxy {
         }
     }
 
-    /// Metrics and the access log of an answered request.
+    /// The rate-limit fields, the metrics and the access log of an answered request.
     fn finish(
         &self,
         mut answer: Answer,
