@@ -158,7 +158,8 @@ async fn headers_tell_clients_where_they_stand() {
 async fn without_redis_each_pod_decides_alone_on_every_path() {
     let origin =
         Origin::start(|_| Reply::json("{\"v\":1}").header("cache-control", "max-age=60")).await;
-    // `limits` without `[l2]`, and a route-scoped rule on a cached route.
+    // `limits` without `[l2]`, a route-scoped rule on a cached route, and a second rule on
+    // one of its paths (two rules, one decision each, their fields joined).
     let extra = limits("", "enforce")
         + r#"
 [[route]]
@@ -172,6 +173,13 @@ route = "group"
 key = "ip"
 rate = "3/min"
 burst = 3
+
+[[limit]]
+name = "vip"
+match = "GET /api/groups/vip"
+key = "ip"
+rate = "30/min"
+burst = 5
 "#;
     let pod = Sidecache::start(&origin, &extra).await;
     // A forwarded request: 10/s over 3 replicas locally, burst 1.
@@ -192,11 +200,11 @@ burst = 3
     })
     .collect();
     // Burst 3 at 3/min over 3 replicas (1/min here): each request takes one of the three,
-    // 60 s more until all are back.
+    // 60 s more until all are back. `vip`: burst 5 at 10/min here, 6 s more each.
     let expect = [
-        (200, "stored", "\"groups\";r=2;t=60"),
-        (200, "; hit;", "\"groups\";r=1;t=120"),
-        (200, "; hit;", "\"groups\";r=0;t=180"),
+        (200, "stored", "\"groups\";r=2;t=60, \"vip\";r=4;t=6"),
+        (200, "; hit;", "\"groups\";r=1;t=120, \"vip\";r=3;t=12"),
+        (200, "; hit;", "\"groups\";r=0;t=180, \"vip\";r=2;t=18"),
     ];
     for ((status, cache, limit), (want_status, want_cache, want_limit)) in seen.iter().zip(expect) {
         assert_eq!(*status, want_status, "{seen:?}");
@@ -205,7 +213,10 @@ burst = 3
     }
     let denied = pod.get("/api/groups/vip").await;
     assert_eq!(denied.status, 429, "a hit over the limit is denied too");
-    assert_eq!(denied.header("ratelimit-policy"), "\"groups\";q=3;w=60");
+    assert_eq!(
+        denied.header("ratelimit-policy"),
+        "\"groups\";q=3;w=60, \"vip\";q=30;w=60"
+    );
     assert_eq!(origin.hits(), 2, "one POST and one fill reached the origin");
     let m = pod.metrics().await;
     let decisions =
@@ -216,7 +227,7 @@ burst = 3
     );
     assert_eq!(
         decisions(&[("backend", "local"), ("outcome", "allowed")]),
-        4.0
+        8.0
     );
     assert_eq!(decisions(&[("backend", "redis")]), 0.0);
 }
