@@ -113,8 +113,8 @@ impl Limiter {
     }
 
     /// Admission as far as it goes without I/O: the rules that apply and their clients'
-    /// keys, decided here by this pod's buckets when there is no Redis to share them.
-    /// Without any `[[limit]]` this is one check of an empty list.
+    /// keys, decided here by this pod's buckets when there is no Redis to share them. The
+    /// caller skips it when there are no rules at all ([`Self::is_empty`]).
     pub fn admit(
         &self,
         method: &Method,
@@ -123,9 +123,6 @@ impl Limiter {
         peer: SocketAddr,
         router: &Router,
     ) -> Admit {
-        if self.rules.is_empty() {
-            return Admit::Decided(Admission::default());
-        }
         let applicable = self.applicable(method, path, headers, peer, router);
         if applicable.is_empty() {
             return Admit::Decided(Admission::default());
