@@ -259,6 +259,14 @@ impl Admin {
                 ));
                 return json_response(StatusCode::OK, out);
             }
+            Err(key::KeyError::AmbiguousIdentity) => {
+                out["cached"] = json!(false);
+                out["reason"] = json!(format!(
+                    "identity-scoped: a request with `{}` more than once is refused (400)",
+                    route.identity_header
+                ));
+                return json_response(StatusCode::OK, out);
+            }
         };
         out["key"] = json!(key.to_string());
         let now = clock::now_ms();

@@ -31,6 +31,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// The upstream broke the exchange (reset, malformed response, body cut short).
     UpstreamProtocol(String),
+    /// The client's request body was malformed or cut short (e.g. a bad chunk size).
+    ClientBody(String),
+    /// The client sent no byte of its request body for `client_body_timeout`.
+    ClientBodyTimeout,
 }
 
 impl ProxyError {
@@ -39,6 +43,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTimeout
             | ProxyError::UpstreamProtocol(_) => Side::Upstream,
+            ProxyError::ClientBody(_) | ProxyError::ClientBodyTimeout => Side::Downstream,
         }
     }
 
@@ -48,6 +53,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => "connect",
             ProxyError::UpstreamTimeout => "timeout",
             ProxyError::UpstreamProtocol(_) => "protocol",
+            ProxyError::ClientBody(_) => "body",
+            ProxyError::ClientBodyTimeout => "body_timeout",
         }
     }
 
@@ -57,6 +64,8 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -67,6 +76,10 @@ impl fmt::Display for ProxyError {
             ProxyError::UpstreamConnect(e) => write!(f, "cannot connect to the upstream: {e}"),
             ProxyError::UpstreamTimeout => f.write_str("the upstream did not answer in time"),
             ProxyError::UpstreamProtocol(e) => write!(f, "the upstream broke the exchange: {e}"),
+            ProxyError::ClientBody(e) => write!(f, "the request body is malformed: {e}"),
+            ProxyError::ClientBodyTimeout => {
+                f.write_str("the client sent no request body within client_body_timeout")
+            }
         }
     }
 }

@@ -28,8 +28,11 @@ pub async fn fetch_all(paths: &[String], concurrency: usize, proxy: SocketAddr) 
         connect_timeout: Duration::from_secs(5),
         // The proxy answers within its own upstream timeout; this only ends a hung exchange.
         timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
         pool_max_idle: concurrency.max(1),
         pool_idle_timeout: Duration::from_secs(30),
+        // Its answers are read, not stored: the proxy it talks to stores its own fills.
+        fill_quiet: Duration::ZERO,
     });
     let host =
         http::HeaderValue::from_str(&proxy.to_string()).expect("an address is a header value");

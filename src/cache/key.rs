@@ -32,6 +32,9 @@ impl fmt::Debug for CacheKey {
 pub enum KeyError {
     /// `scope = "identity"` and the identity header is missing: nothing safe to key on.
     NoIdentity,
+    /// `scope = "identity"` and the identity header comes more than once: which value the
+    /// upstream uses is unknown, so none is keyed on (the request gets a 400).
+    AmbiguousIdentity,
 }
 
 /// Derives the key of a request on `route`.
@@ -69,10 +72,14 @@ pub fn derive(
         }
     }
     if route.scope == Scope::Identity {
-        let id = headers
-            .get(&route.identity_header)
+        let mut ids = headers.get_all(&route.identity_header).iter();
+        let id = ids
+            .next()
             .filter(|v| !v.is_empty())
             .ok_or(KeyError::NoIdentity)?;
+        if ids.next().is_some() {
+            return Err(KeyError::AmbiguousIdentity);
+        }
         h.update(&[2]);
         field(&mut h, id.as_bytes());
     }

@@ -40,10 +40,12 @@ pub enum CacheOutcome {
     Error,
     /// Denied by a rate limit (429) before any cache work.
     Limited,
+    /// Refused by sidecache as malformed (400) before any cache work.
+    Rejected,
 }
 
 impl CacheOutcome {
-    pub const ALL: [CacheOutcome; 8] = [
+    pub const ALL: [CacheOutcome; 9] = [
         Self::Hit,
         Self::HitL2,
         Self::Miss,
@@ -52,6 +54,7 @@ impl CacheOutcome {
         Self::Bypass,
         Self::Error,
         Self::Limited,
+        Self::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl CacheOutcome {
             Self::Bypass => "bypass",
             Self::Error => "error",
             Self::Limited => "limited",
+            Self::Rejected => "rejected",
         }
     }
 }

@@ -27,7 +27,8 @@ struct Streaming {
     /// `None` once the body ended (the connection went back to the pool or was closed).
     conn: Option<Conn>,
     framing: Framing,
-    keep_alive: bool,
+    /// The connection may carry another request once the body has ended (`pool::may_reuse`).
+    reusable: bool,
     pool: Arc<Pool>,
 }
 
@@ -46,13 +47,13 @@ impl UpstreamBody {
     pub(super) fn streaming(
         conn: Conn,
         framing: Framing,
-        keep_alive: bool,
+        reusable: bool,
         pool: Arc<Pool>,
     ) -> UpstreamBody {
         UpstreamBody(Inner::Streaming(Box::new(Streaming {
             conn: Some(conn),
             framing,
-            keep_alive,
+            reusable,
             pool,
         })))
     }
@@ -76,7 +77,7 @@ impl Streaming {
     /// The message ended: a connection that may carry another request goes back to the pool.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.release(conn, self.keep_alive);
+            self.pool.release(conn, self.reusable);
         }
     }
 

@@ -9,23 +9,35 @@
 //! itself, the way nginx does, and a response that arrived whole with its head is returned as
 //! one buffer, its connection already back in the pool.
 //!
-//! Kept-alive connections can be closed by the upstream while idle. A request that may be
-//! sent twice (idempotent method, no body) is retried once on a new connection when a reused
-//! one fails before any byte of the answer; any other request first checks that the reused
-//! connection is still open (RFC 9110 §9.2.2: never replay a non-idempotent request).
+//! # Connection reuse (what keeps one caller's answer from reaching another)
 //!
-//! The wait for an answer is bounded by `timeout`, with one tokio sleep per connection whose
-//! deadline moves with each request: moving a deadline later is one atomic update in tokio,
-//! where a new timer per request cost a wheel insert and removal (~700 instructions).
+//! On HTTP/1.1 nothing in an answer says which request it answers: a connection is reused
+//! only when the next answer on it can only be the next request's. The rules, all enforced
+//! by [`Pool`] (see its doc, one line per attack it stops), are those of nginx's upstream
+//! keepalive and hyper's client: reuse only after a completely written request and a
+//! completely read, definitely framed answer with nothing left over; an idle connection that
+//! turns readable (a byte or the close) is closed at checkout; an answer that came before the
+//! request body was sent, or an error answer to a request with content, closes it; a fill
+//! whose answer will be stored takes a connection that has been quiet a while, or a new one.
+//!
+//! A request that may be sent twice (idempotent method, no body) is retried once on a new
+//! connection when a reused one fails before any byte of the answer; no other request is
+//! ever replayed (RFC 9110 §9.2.2).
+//!
+//! The wait for an answer is bounded by `timeout` from the end of the request body (a body
+//! that does not come is the client's fault: `client_body_timeout` between its chunks), with
+//! one tokio sleep per connection whose deadline moves with each request: moving a deadline
+//! later is one atomic update in tokio, where a new timer per request cost a wheel insert and
+//! removal (~700 instructions).
 
 mod body;
+mod pool;
 pub mod wire;
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,6 +51,7 @@ use tokio::net::TcpStream;
 
 use body::Framing as BodyFraming;
 pub use body::UpstreamBody;
+use pool::{Checkout, Pool};
 use wire::{Framing, RequestFraming, ResponseHead};
 
 use crate::error::ProxyError;
@@ -52,10 +65,15 @@ pub struct ClientConfig {
     pub host: String,
     pub port: u16,
     pub connect_timeout: Duration,
-    /// From `send` to a complete response head, connecting included.
+    /// From the end of the request body to a complete response head (connecting included
+    /// for requests without a body).
     pub timeout: Duration,
+    /// Longest wait for the next piece of a request body from the client.
+    pub body_timeout: Duration,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
+    /// How long a pooled connection must have been idle to carry a fill that will be stored.
+    pub fill_quiet: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -73,15 +91,6 @@ struct Conn {
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
-/// Idle connections, newest at the back: the most recently used one is the least likely to
-/// have been closed by the upstream.
-#[derive(Debug)]
-struct Pool {
-    idle: Mutex<VecDeque<(Conn, Instant)>>,
-    max_idle: usize,
-    idle_timeout: Duration,
-}
-
 /// A request whose head is encoded ([`Client::encode`]), with its body.
 #[derive(Debug)]
 pub struct Outgoing<B> {
@@ -93,6 +102,8 @@ pub struct Outgoing<B> {
     body: B,
     /// May go again on a new connection (idempotent, no body).
     replayable: bool,
+    /// Its answer will be stored: it needs a connection nothing stray can arrive on.
+    stored: bool,
     started: Instant,
     /// For the complete response head, connecting included.
     deadline: Instant,
@@ -102,6 +113,13 @@ impl<B> Outgoing<B> {
     /// When the request was encoded: its timeout runs from here.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// Marks a fill whose answer will be stored (and then served to many callers): it goes
+    /// on a connection that has been quiet for `fill_quiet`, or on a new one.
+    pub fn to_be_stored(mut self) -> Self {
+        self.stored = true;
+        self
     }
 
     /// The head as it will be written.
@@ -118,13 +136,20 @@ struct Failure {
     nothing_received: bool,
 }
 
+/// A final response head, and whether the request before it went out whole.
+struct Answered {
+    head: ResponseHead,
+    /// The whole request (head and body) was written before the answer's head arrived.
+    request_complete: bool,
+}
+
 impl Client {
     pub fn new(config: ClientConfig) -> Client {
-        let pool = Arc::new(Pool {
-            idle: Mutex::new(VecDeque::new()),
-            max_idle: config.pool_max_idle,
-            idle_timeout: config.pool_idle_timeout,
-        });
+        let pool = Arc::new(Pool::new(
+            config.pool_max_idle,
+            config.pool_idle_timeout,
+            config.fill_quiet,
+        ));
         Client {
             config: Arc::new(config),
             pool,
@@ -189,6 +214,7 @@ impl Client {
             headers,
             body,
             replayable,
+            stored: false,
             started: now,
             deadline: now + self.config.timeout,
         }
@@ -211,26 +237,31 @@ impl Client {
             mut headers,
             body,
             replayable,
+            stored,
             started,
             deadline,
         } = out;
+        let checkout = if stored {
+            Checkout::Quiet
+        } else {
+            Checkout::Newest
+        };
         async move {
             let mut body = std::pin::pin!(body);
             let mut fresh_only = false;
             loop {
-                let (mut conn, reused) =
-                    match (!fresh_only).then(|| self.pool.take(started)).flatten() {
-                        Some(conn) => (conn, true),
-                        // Boxed: the connect state (name lookup, TCP connect) is large and rare;
-                        // kept inline it would be copied with every request's future.
-                        None => {
-                            let connect = Box::pin(self.connect(deadline));
-                            (connect.await?, false)
-                        }
-                    };
-                if reused && !replayable && !conn.is_open() {
-                    continue;
-                }
+                let (mut conn, reused) = match (!fresh_only)
+                    .then(|| self.pool.take(started, checkout))
+                    .flatten()
+                {
+                    Some(conn) => (conn, true),
+                    // Boxed: the connect state (name lookup, TCP connect) is large and rare;
+                    // kept inline it would be copied with every request's future.
+                    None => {
+                        let connect = Box::pin(self.connect(deadline));
+                        (connect.await?, false)
+                    }
+                };
                 conn.deadline.as_mut().reset(deadline.into());
                 let answer = exchange(
                     &mut conn,
@@ -239,10 +270,14 @@ impl Client {
                     body.as_mut(),
                     &method,
                     &mut headers,
+                    &self.config,
                 )
                 .await;
                 match answer {
-                    Ok(answer) => return Ok(self.response(conn, answer)),
+                    Ok(answer) => {
+                        let has_content = framing != RequestFraming::Empty;
+                        return Ok(self.response(conn, answer, has_content));
+                    }
                     Err(f) if reused && replayable && f.nothing_received => {
                         tracing::debug!(error = %f.error, "Reused upstream connection was closed; retrying on a new one.");
                         fresh_only = true;
@@ -253,8 +288,17 @@ impl Client {
         }
     }
 
-    fn response(&self, mut conn: Conn, head: ResponseHead) -> Response<UpstreamBody> {
-        let keep_alive = head.keep_alive;
+    fn response(
+        &self,
+        mut conn: Conn,
+        answer: Answered,
+        has_content: bool,
+    ) -> Response<UpstreamBody> {
+        let Answered {
+            head,
+            request_complete,
+        } = answer;
+        let reusable = pool::may_reuse(&head, request_complete, has_content);
         let body = match head.framing {
             Framing::Empty => Some(Bytes::new()),
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
@@ -264,7 +308,7 @@ impl Client {
         };
         let body = match body {
             Some(bytes) => {
-                self.pool.release(conn, keep_alive);
+                self.pool.release(conn, reusable);
                 UpstreamBody::buffered(Some(bytes))
             }
             None => {
@@ -273,7 +317,7 @@ impl Client {
                     Framing::Chunked => BodyFraming::Chunked(wire::Chunked::Size),
                     Framing::Empty | Framing::Close => BodyFraming::Close,
                 };
-                UpstreamBody::streaming(conn, framing, keep_alive, self.pool.clone())
+                UpstreamBody::streaming(conn, framing, reusable, self.pool.clone())
             }
         };
         let mut resp = Response::new(body);
@@ -322,126 +366,238 @@ impl Client {
     }
 }
 
-/// [`talk`], within the connection's deadline. It takes `talk`'s arguments rather than its
-/// future: a future passed in would be held twice in the caller's state (the argument and the
-/// awaited copy), measured 824 -> 1,096 bytes for the client's send.
+/// Writes the request and reads until a final response head is parsed into `headers`. The
+/// head and the wait for the answer are bounded by the connection's deadline; a body, by
+/// `body_timeout` between its pieces, and the deadline then moves to `timeout` after its end.
 async fn exchange<B>(
     conn: &mut Conn,
     head: &[u8],
     framing: RequestFraming,
-    body: std::pin::Pin<&mut B>,
+    mut body: Pin<&mut B>,
     method: &Method,
     headers: &mut HeaderMap,
-) -> Result<ResponseHead, Failure>
+    config: &ClientConfig,
+) -> Result<Answered, Failure>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
     let Conn { io, buf, deadline } = conn;
-    let mut talk = std::pin::pin!(talk(io, buf, head, framing, body, method, headers));
-    poll_fn(|cx| match talk.as_mut().poll(cx) {
-        Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(Failure {
-            error: ProxyError::UpstreamTimeout,
-            nothing_received: false,
-        })),
-        done => done,
-    })
-    .await
-}
-
-/// Writes the request, then reads until a final response head is parsed into `headers`.
-async fn talk<B>(
-    io: &mut TcpStream,
-    buf: &mut BytesMut,
-    head: &[u8],
-    framing: RequestFraming,
-    mut body: std::pin::Pin<&mut B>,
-    method: &Method,
-    headers: &mut HeaderMap,
-) -> Result<ResponseHead, Failure>
-where
-    B: HttpBody<Data = Bytes>,
-    B::Error: std::fmt::Display,
-{
     let io_failure = |e: io::Error, nothing_received| Failure {
         error: ProxyError::UpstreamProtocol(format!("upstream connection: {e}")),
         nothing_received,
     };
-    io.write_all(head).await.map_err(|e| io_failure(e, true))?;
+    within(deadline.as_mut(), io.write_all(head))
+        .await
+        .and_then(|r| r.map_err(|e| io_failure(e, true)))?;
+    let mut request_complete = true;
     if framing != RequestFraming::Empty && !body.is_end_stream() {
-        let mut out = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Failure {
-                error: ProxyError::UpstreamProtocol(format!("client body: {e}")),
-                nothing_received: false,
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers are not forwarded
-            };
-            if framing == RequestFraming::Chunked {
-                if data.is_empty() {
-                    continue; // an empty chunk would end the body
-                }
-                out.clear();
-                wire::encode_chunk(&mut out, &data);
-                io.write_all(&out).await
-            } else {
-                io.write_all(&data).await
+        match upload(io, buf, framing, body.as_mut(), method, headers, config).await? {
+            Uploaded::Complete => {}
+            Uploaded::Answered(head) => {
+                return Ok(Answered {
+                    head,
+                    request_complete: false,
+                })
             }
-            .map_err(|e| io_failure(e, false))?;
+            // The upstream closed or broke while the body went out: what it said, if
+            // anything, is read below; the connection is not reused.
+            Uploaded::Broken => request_complete = false,
         }
-        if framing == RequestFraming::Chunked {
-            io.write_all(wire::LAST_CHUNK)
-                .await
-                .map_err(|e| io_failure(e, false))?;
-        }
+        // The upstream's time starts when it has the whole request.
+        deadline
+            .as_mut()
+            .reset((Instant::now() + config.timeout).into());
     }
     loop {
-        match wire::parse_response_head(buf, method, headers) {
-            Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
-                return Err(Failure {
-                    error: ProxyError::UpstreamProtocol(
-                        "upstream switched protocols; upgrades are not proxied".into(),
-                    ),
-                    nothing_received: false,
-                });
+        match parse_final(buf, method, headers) {
+            Ok(Some(head)) => {
+                return Ok(Answered {
+                    head,
+                    request_complete,
+                })
             }
-            // 100 Continue, 103 Early Hints: the final answer follows.
-            Ok(Some(head)) if head.status.is_informational() => continue,
-            Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
-            Err(message) => {
+            Err(error) => {
                 return Err(Failure {
-                    error: ProxyError::UpstreamProtocol(message),
+                    error,
                     nothing_received: false,
                 })
             }
         }
         let received_before = !buf.is_empty();
-        match poll_fn(|cx| poll_fill(io, buf, cx)).await {
+        let read = within(deadline.as_mut(), poll_fn(|cx| poll_fill(io, buf, cx))).await?;
+        match read {
             Ok(0) => {
                 return Err(Failure {
                     error: ProxyError::UpstreamProtocol(
                         "upstream closed the connection before answering".into(),
                     ),
-                    nothing_received: !received_before,
+                    nothing_received: !received_before && request_complete,
                 })
             }
             Ok(_) => {}
-            Err(e) => return Err(io_failure(e, !received_before)),
+            Err(e) => return Err(io_failure(e, !received_before && request_complete)),
         }
     }
+}
+
+/// `fut`, unless the deadline passes first (an upstream timeout). The deadline is polled
+/// only when `fut` is pending: a request answered at once never registers its timer.
+async fn within<F: Future>(
+    mut deadline: Pin<&mut tokio::time::Sleep>,
+    fut: F,
+) -> Result<F::Output, Failure> {
+    let mut fut = std::pin::pin!(fut);
+    poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Ok(out)),
+        Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(Failure {
+            error: ProxyError::UpstreamTimeout,
+            nothing_received: false,
+        })),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
+}
+
+/// A final response head at the start of `buf`, interim (1xx) answers skipped. A `101` is an
+/// error: no upgrade was asked for, and the connection now speaks another protocol.
+fn parse_final(
+    buf: &mut BytesMut,
+    method: &Method,
+    headers: &mut HeaderMap,
+) -> Result<Option<ResponseHead>, ProxyError> {
+    loop {
+        match wire::parse_response_head(buf, method, headers) {
+            Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(ProxyError::UpstreamProtocol(
+                    "upstream switched protocols; upgrades are not proxied".into(),
+                ));
+            }
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            Ok(Some(head)) if head.status.is_informational() => continue,
+            Ok(head) => return Ok(head),
+            Err(message) => return Err(ProxyError::UpstreamProtocol(message)),
+        }
+    }
+}
+
+/// How sending a request body ended.
+enum Uploaded {
+    Complete,
+    /// A final answer came before the body was all sent: the rest is not sent (the upstream
+    /// has decided), and the connection, whose upstream may read the rest as a request, is
+    /// never reused.
+    Answered(ResponseHead),
+    /// The upstream closed or reset while the body went out.
+    Broken,
+}
+
+/// Sends the body, watching the connection meanwhile: an upstream may answer before it has
+/// read the body (401, 413, 417...), and one that stops reading would otherwise hold the
+/// write until the timeout. Each piece of the body must come within `body_timeout`.
+async fn upload<B>(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    framing: RequestFraming,
+    body: Pin<&mut B>,
+    method: &Method,
+    headers: &mut HeaderMap,
+    config: &ClientConfig,
+) -> Result<Uploaded, Failure>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let (reader, mut writer) = io.split();
+    let reader: &TcpStream = reader.as_ref();
+    let mut send = std::pin::pin!(send_body(&mut writer, framing, body, config.body_timeout));
+    poll_fn(|cx| {
+        if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+            return Poll::Ready(match sent {
+                Ok(()) => Ok(Uploaded::Complete),
+                Err(BodyFailure::Client(error)) => Err(Failure {
+                    error,
+                    nothing_received: false,
+                }),
+                Err(BodyFailure::Upstream) => Ok(Uploaded::Broken),
+            });
+        }
+        loop {
+            match poll_fill(reader, buf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(Uploaded::Broken)),
+                Poll::Ready(Ok(_)) => match parse_final(buf, method, headers) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(Uploaded::Answered(head))),
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Poll::Ready(Err(Failure {
+                            error,
+                            nothing_received: false,
+                        }))
+                    }
+                },
+            }
+        }
+    })
+    .await
+}
+
+enum BodyFailure {
+    /// The client's body was malformed, cut short or too slow.
+    Client(ProxyError),
+    /// Writing to the upstream failed.
+    Upstream,
+}
+
+async fn send_body<B, W>(
+    w: &mut W,
+    framing: RequestFraming,
+    mut body: Pin<&mut B>,
+    idle: Duration,
+) -> Result<(), BodyFailure>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyFailure::Client(ProxyError::ClientBodyTimeout)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(BodyFailure::Client(ProxyError::ClientBody(e.to_string())))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        let written = if framing == RequestFraming::Chunked {
+            if data.is_empty() {
+                continue; // an empty chunk would end the body
+            }
+            out.clear();
+            wire::encode_chunk(&mut out, &data);
+            w.write_all(&out).await
+        } else {
+            w.write_all(&data).await
+        };
+        written.map_err(|_| BodyFailure::Upstream)?;
+    }
+    if framing == RequestFraming::Chunked {
+        w.write_all(wire::LAST_CHUNK)
+            .await
+            .map_err(|_| BodyFailure::Upstream)?;
+    }
+    Ok(())
 }
 
 impl Conn {
     /// Reads what the socket has into the buffer; `Ok(0)` is the upstream's close.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         poll_fill(&self.io, &mut self.buf, cx)
-    }
-
-    /// An idle connection is open if reading it would block: nothing arrived, no close.
-    fn is_open(&mut self) -> bool {
-        matches!(self.io.try_read_buf(&mut self.buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -473,52 +629,6 @@ fn poll_fill(io: &TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<i
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Poll::Ready(Err(e)),
         }
-    }
-}
-
-impl Pool {
-    /// The newest idle connection, unless it has been idle for `idle_timeout` at `now`.
-    fn take(&self, now: Instant) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let (conn, since) = idle.pop_back()?;
-        if now.saturating_duration_since(since) < self.idle_timeout {
-            return Some(conn);
-        }
-        // The newest one is too old: so are all the others.
-        idle.clear();
-        None
-    }
-
-    /// Takes back the connection of a completely read answer, if it can carry another
-    /// request: the upstream allows it, and nothing beyond the answer arrived (bytes after it
-    /// would be read as the next answer).
-    fn release(&self, conn: Conn, keep_alive: bool) {
-        if keep_alive && conn.buf.is_empty() {
-            self.put(conn);
-        }
-    }
-
-    fn put(&self, conn: Conn) {
-        let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while idle
-            .front()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
-        if self.max_idle == 0 {
-            return;
-        }
-        if idle.len() >= self.max_idle {
-            idle.pop_front();
-        }
-        idle.push_back((conn, now));
-    }
-
-    #[cfg(test)]
-    fn idle(&self) -> usize {
-        self.idle.lock().unwrap().len()
     }
 }
 

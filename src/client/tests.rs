@@ -2,7 +2,7 @@
 //! request with the bytes a test gives it, so framings and broken connections can be exact.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -113,8 +113,10 @@ fn client(port: u16) -> Client {
         port,
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
         pool_max_idle: 8,
         pool_idle_timeout: Duration::from_secs(60),
+        fill_quiet: Duration::from_millis(50),
     })
 }
 

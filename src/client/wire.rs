@@ -214,6 +214,10 @@ pub fn parse_response_head(
     for name in seen.listed {
         headers.remove(name);
     }
+    // Both framings at once (RFC 9112 §6.3: "ought to be handled as an error"), or a
+    // transfer coding from an HTTP/1.0 server: the framing cannot be trusted past this
+    // answer, so the connection is not reused.
+    let suspect_framing = seen.chunked.is_some() && (seen.length != Length::None || http10);
     let framing = if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -237,7 +241,7 @@ pub fn parse_response_head(
         }
     };
     let keep_alive = match seen.persistence {
-        _ if framing == Framing::Close => false,
+        _ if framing == Framing::Close || suspect_framing => false,
         Some(persist) => persist,
         None => !http10,
     };
@@ -594,7 +598,8 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(head.framing, Framing::Chunked);
-        assert!(head.keep_alive);
+        // Both framings at once: decoded as chunked, but the connection is not trusted after.
+        assert!(!head.keep_alive);
         // Only the end-to-end field is left: the body reaches the caller decoded, and a
         // Content-Length of the coded body would frame it wrongly downstream.
         assert_eq!(head.headers.keys().collect::<Vec<_>>(), ["x-end"]);

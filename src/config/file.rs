@@ -28,9 +28,17 @@ pub struct UpstreamFile {
     pub url: Option<String>,
     /// Time to establish a TCP connection. Default `"500ms"`.
     pub connect_timeout: Option<String>,
-    /// Time from sending a request to having the response head; for cache fills, also the
-    /// time to read the whole body. Default `"5s"`.
+    /// Time from the end of the request body to having the response head; for cache fills,
+    /// also the time to read the whole body. Default `"5s"`.
     pub timeout: Option<String>,
+    /// Longest wait for the next piece of a request body from the client while it is
+    /// forwarded; past it the client gets a 408. Default `"30s"`.
+    pub client_body_timeout: Option<String>,
+    /// A fill whose answer will be stored goes on a pooled connection only if that one has
+    /// been idle this long, else on a new one: an answer still on its way on a busy
+    /// connection (a broken upstream's duplicate) can never be stored as another request's.
+    /// `"0s"` turns it off. Default `"20ms"`.
+    pub fill_quiet: Option<String>,
     /// How long an idle pooled connection is kept. Default `"90s"`.
     pub pool_idle_timeout: Option<String>,
     /// Idle connections kept per upstream host. Default `256`.

@@ -202,6 +202,8 @@ pub struct UpstreamConfig {
     pub url: Uri,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub fill_quiet: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
     pub preserve_host: bool,
@@ -532,6 +534,13 @@ fn validate(
             "500ms",
         ),
         timeout: duration(e, "upstream.timeout", s.upstream.timeout, "5s"),
+        client_body_timeout: duration(
+            e,
+            "upstream.client_body_timeout",
+            s.upstream.client_body_timeout,
+            "30s",
+        ),
+        fill_quiet: duration(e, "upstream.fill_quiet", s.upstream.fill_quiet, "50ms"),
         pool_idle_timeout: duration(
             e,
             "upstream.pool_idle_timeout",
@@ -544,6 +553,7 @@ fn validate(
     for (key, d) in [
         ("upstream.connect_timeout", upstream.connect_timeout),
         ("upstream.timeout", upstream.timeout),
+        ("upstream.client_body_timeout", upstream.client_body_timeout),
     ] {
         if d.is_zero() && !e.iter().any(|x| x.starts_with(key)) {
             e.push(format!("{key}: must be greater than zero"));

@@ -36,6 +36,9 @@ use message::{Kind, Message};
 pub enum Source {
     /// A write passed through this pod.
     Write,
+    /// A write passed through this pod whose outcome is unknown (the upstream timed out or
+    /// broke the exchange): it may have committed, so its tags go all the same.
+    WriteUncertain,
     /// An event from another service.
     Event,
     /// `POST /admin/purge`.
@@ -50,6 +53,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Write => "write",
+            Source::WriteUncertain => "write_uncertain",
             Source::Event => "event",
             Source::Admin => "admin",
             Source::Gap => "gap",

@@ -77,8 +77,10 @@ impl Upstream {
             port: authority.port_u16().unwrap_or(80),
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
+            body_timeout: config.client_body_timeout,
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout,
+            fill_quiet: config.fill_quiet,
         });
         Upstream {
             client,
@@ -93,7 +95,8 @@ impl Upstream {
     }
 
     /// The upstream request for a client request, encoded: same method, path, query and
-    /// body; hop-by-hop fields removed; `Host` (unless preserved), `X-Forwarded-For`,
+    /// body; hop-by-hop fields already removed ([`strip_hop_by_hop`], by the proxy before it
+    /// keys the request); `Host` (unless preserved), `X-Forwarded-For`,
     /// `Forwarded` and `Via` written into the head beside the request's own fields. From here
     /// on nothing holds the client request's head. Its timeout runs from `now`.
     pub fn encode<B>(&self, mut req: Request<B>, client: SocketAddr, now: Instant) -> Outgoing<B>
@@ -101,7 +104,6 @@ impl Upstream {
         B: http_body::Body<Data = bytes::Bytes>,
     {
         let h = req.headers_mut();
-        strip_hop_by_hop(h);
         let original_host = h.get(header::HOST);
         let (address, forwarded) = forwarding_values(client.ip(), original_host);
         let host = (!self.preserve_host || original_host.is_none()).then_some(&self.host);
@@ -244,6 +246,8 @@ mod tests {
             url: "http://origin:8080".parse().unwrap(),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            client_body_timeout: Duration::from_secs(1),
+            fill_quiet: Duration::ZERO,
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
             preserve_host,
@@ -261,6 +265,7 @@ mod tests {
                 .append(name, HeaderValue::from_static(value));
         }
         let client = SocketAddr::new(ip.parse().unwrap(), 40000);
+        strip_hop_by_hop(req.headers_mut());
         let out = upstream.encode(req, client, Instant::now());
         String::from_utf8(out.head().to_vec()).unwrap()
     }

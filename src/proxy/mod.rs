@@ -38,7 +38,7 @@ use crate::cache::{
 };
 use crate::client::{Outgoing, UpstreamBody};
 use crate::config::{Config, Scope};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Side};
 use crate::invalidate::rules::{Matched, WriteRules};
 use crate::invalidate::{Invalidator, Source, Target};
 use crate::limit::{Admit, Limiter};
@@ -174,8 +174,12 @@ impl Proxy {
     /// forwarded request's head is encoded. A request head still alive at that read costs a
     /// new read buffer (an 8 KiB allocation and free per request, and glibc's consolidation
     /// of its free lists with each).
-    pub fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Handling {
+    pub fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Handling {
         let start = Instant::now();
+        // Keyed, limited and routed on what is forwarded: a field the client named in
+        // `Connection` (say `Connection: authorization`) never reaches the upstream, so it
+        // must not pick the cache key either (one caller's answer stored under another's).
+        forward::strip_hop_by_hop(req.headers_mut());
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_string());
         // Rate-limit fields (none without a `[[limit]]` that applies) go on every answer.
@@ -305,6 +309,16 @@ impl Proxy {
             Err(key::KeyError::NoIdentity) => {
                 return Step::NoIdentity(route.id, self.upstream.encode(req, client, start))
             }
+            Err(key::KeyError::AmbiguousIdentity) => {
+                return Step::Answered(Answer {
+                    response: rescue::bad_request(
+                        "identity_repeated",
+                        "the identity header comes more than once",
+                    ),
+                    outcome: CacheOutcome::Rejected,
+                    route: Some(route.id),
+                })
+            }
         };
         let head = req.method() == Method::HEAD;
         match self.lookup(&key, req.headers(), head, Served::Hit) {
@@ -323,15 +337,25 @@ impl Proxy {
             Step::Answered(answer) => return answer,
             Step::Pass(out) => return self.pass_through(out).await,
             Step::Write(out, write) => {
-                let refresh = write.refresh();
                 let answer = self.pass_through(out).await;
-                if write.succeeded(answer.response.status().as_u16()) {
+                let status = answer.response.status().as_u16();
+                let source = match answer.outcome {
+                    // Timed out or broken on the upstream's side: the write may have
+                    // committed, so its tags go as if it had (never serve what it replaced).
+                    CacheOutcome::Error if matches!(status, 502 | 504) => {
+                        Some((Source::WriteUncertain, false))
+                    }
+                    CacheOutcome::Error => None,
+                    _ if write.succeeded(status) => Some((Source::Write, write.refresh())),
+                    _ => None,
+                };
+                if let Some((source, refresh)) = source {
                     // Before the response leaves: the caller must read its own write afterwards.
                     let target = Target {
                         tags: write.tags,
                         ..Target::default()
                     };
-                    await_boxed!(self.invalidator.invalidate(target, Source::Write, refresh));
+                    await_boxed!(self.invalidator.invalidate(target, source, refresh));
                 }
                 return answer;
             }
@@ -572,7 +596,10 @@ impl Proxy {
         parts.headers.remove(header::RANGE);
         let started = Instant::now();
         let upstream_req = Request::from_parts(parts, body);
-        let out = self.upstream.encode(upstream_req, client, started);
+        let out = self
+            .upstream
+            .encode(upstream_req, client, started)
+            .to_be_stored();
         let resp = match self.forward(out, rm).await {
             Ok(resp) => resp,
             Err(error) => {
@@ -732,9 +759,12 @@ impl Proxy {
                 Ok(_) => self
                     .metrics
                     .upstream_duration(rm, started.elapsed().as_secs_f64()),
-                Err(error) => {
+                Err(error) if error.side() == Side::Upstream => {
                     self.metrics.upstream_error(rm, error.kind());
                     tracing::warn!(route = rm.name(), %error, "Upstream request failed.");
+                }
+                Err(error) => {
+                    tracing::debug!(route = rm.name(), %error, "Client request failed.");
                 }
             }
             result

@@ -24,6 +24,14 @@ pub fn rescue(error: &ProxyError) -> Response<Body> {
     resp
 }
 
+/// 400 for a request sidecache refuses before forwarding it (`error` names why).
+pub fn bad_request(error: &str, message: &str) -> Response<Body> {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({ "error": error, "side": "downstream", "message": message }),
+    )
+}
+
 /// 429 for a request an enforcing rate limit denied.
 pub fn rate_limited(rule: &str, retry_after_secs: u64) -> Response<Body> {
     let mut resp = json_response(

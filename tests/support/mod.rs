@@ -26,6 +26,7 @@ use sidecache::app::{App, Running};
 use sidecache::config::Config;
 use tokio::net::TcpListener;
 
+pub mod hostile;
 pub mod redis;
 
 /// A request as the origin received it.

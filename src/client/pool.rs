@@ -1,0 +1,147 @@
+//! Idle upstream connections, and the rules for putting one back and taking one out. Every
+//! rule that keeps a stray answer from reaching the wrong request lives here; each says which
+//! attack (seen with a raw-socket origin, `tests/upstream_adversarial.rs`) it stops:
+//!
+//! 1. **Only a complete request.** An answer that arrived before the request body was all
+//!    sent closes the connection ([`may_reuse`]): the upstream may read the unsent rest, or
+//!    the rest it had not read yet, as a request of its own and answer it later.
+//! 2. **An error answer to a request with content closes it** ([`may_reuse`]): a server
+//!    that answers 401/413/5xx often has not read the content, and a body whose bytes form a
+//!    request is then parsed as one (the "smuggled GET in a POST body" case).
+//! 3. **Only a definitely framed answer, read to its end** ([`may_reuse`], and
+//!    [`Pool::release`] called only when a body ended): never after a close-delimited body,
+//!    a `Connection: close`, an HTTP/1.0 answer without keep-alive, a `101`, a framing
+//!    conflict (`Content-Length` with `Transfer-Encoding`), or a body cut short.
+//! 4. **Nothing left over** ([`Pool::release`]): bytes after the answer's end (a duplicated
+//!    answer in the same segment, a body after a HEAD/204/304) close the connection; they
+//!    would be read as the next request's answer.
+//! 5. **An idle connection that turned readable is closed at checkout** ([`Pool::take`],
+//!    a non-blocking peek of the socket itself, not tokio's cached readiness, which lags
+//!    the kernel until the reactor's next turn): a late duplicate, an unsolicited `408`, a
+//!    stray body, or the upstream's close.
+//! 6. **A fill that will be stored takes a quiet connection** ([`Checkout::Quiet`]): idle
+//!    for at least `fill_quiet` and still silent, or a new one. Rules 4 and 5 cannot see an
+//!    answer still on its way when the next request is written; a stored answer is served
+//!    thousands of times, so it never rides a connection that was busy a moment ago.
+//!
+//! Retries (the client's, not the pool's) are for replayable requests only.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::MaybeUninit;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::wire::{Framing, ResponseHead};
+use super::Conn;
+
+/// Idle connections, newest at the back: the most recently used one is the least likely to
+/// have been closed by the upstream.
+#[derive(Debug)]
+pub(super) struct Pool {
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    fill_quiet: Duration,
+}
+
+/// Which idle connection a request may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Checkout {
+    /// The newest (rule 5 still applies).
+    Newest,
+    /// The newest of those idle for at least `fill_quiet` (rule 6).
+    Quiet,
+}
+
+/// Whether the connection may carry another request once this answer's body is read
+/// (rules 1-3; rule 4 is checked when the body has ended).
+pub(super) fn may_reuse(head: &ResponseHead, request_complete: bool, had_content: bool) -> bool {
+    head.keep_alive
+        && request_complete
+        && head.framing != Framing::Close
+        && !(had_content && head.status.as_u16() >= 400)
+}
+
+impl Pool {
+    pub(super) fn new(max_idle: usize, idle_timeout: Duration, fill_quiet: Duration) -> Pool {
+        Pool {
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+            fill_quiet,
+        }
+    }
+
+    /// An idle connection for a request at `now`, or `None` (connect a new one). Connections
+    /// idle for `idle_timeout`, and any found readable (rule 5), are closed on the way.
+    pub(super) fn take(&self, now: Instant, checkout: Checkout) -> Option<Conn> {
+        loop {
+            let conn = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                // Oldest first: expired ones leave from the front.
+                while idle.front().is_some_and(|(_, since)| {
+                    now.saturating_duration_since(*since) >= self.idle_timeout
+                }) {
+                    idle.pop_front();
+                }
+                let at = match checkout {
+                    Checkout::Newest => idle.len().checked_sub(1)?,
+                    Checkout::Quiet => idle.iter().rposition(|(_, since)| {
+                        now.saturating_duration_since(*since) >= self.fill_quiet
+                    })?,
+                };
+                idle.remove(at)?.0
+            };
+            // The syscall outside the lock.
+            if conn.is_silent() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Takes back a connection whose answer was read to its end, if `reusable`
+    /// ([`may_reuse`]) and nothing beyond the answer arrived (rule 4).
+    pub(super) fn release(&self, conn: Conn, reusable: bool) {
+        if reusable && conn.buf.is_empty() {
+            self.put(conn);
+        }
+    }
+
+    fn put(&self, conn: Conn) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back((conn, now));
+    }
+
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+}
+
+impl Conn {
+    /// Whether nothing arrived on an idle connection, the upstream's close included: a
+    /// non-blocking one-byte peek of the socket (one syscall). Tokio's readiness is not asked:
+    /// it is only as new as the reactor's last turn, and a byte that arrived since would be
+    /// read as the next request's answer.
+    fn is_silent(&self) -> bool {
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(&self.io).peek(&mut byte),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
+    }
+}
