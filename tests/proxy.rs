@@ -518,3 +518,108 @@ async fn chunked_request_bodies_are_framed_by_the_proxy_not_by_the_client() {
         .iter()
         .all(|r| r.headers.get("content-length").is_none_or(|v| v != "3")));
 }
+
+const ROUTE_BALANCE: &str = r#"
+[[route]]
+name = "balance"
+match = "GET /api/users/{id}/balance"
+ttl = "1h"
+scope = "identity"
+"#;
+
+#[tokio::test]
+async fn a_field_named_in_connection_never_picks_the_key() {
+    // The origin answers by the identity it receives: none means the anonymous answer.
+    let origin = Origin::start(|r| {
+        let who = r
+            .headers
+            .get("authorization")
+            .map_or("anonymous", |v| v.to_str().unwrap());
+        Reply::json(format!(r#"{{"user":"{who}"}}"#))
+    })
+    .await;
+    let sc = Sidecache::start(&origin, ROUTE_BALANCE).await;
+    let path = "/api/users/1/balance";
+    // `authorization` is named hop-by-hop: it is not forwarded, so it must not key either.
+    let sneaky = sc
+        .get_with(
+            path,
+            &[("authorization", "alice"), ("connection", "authorization")],
+        )
+        .await;
+    assert_eq!(sneaky.text(), r#"{"user":"anonymous"}"#);
+    assert!(!origin.requests()[0].headers.contains_key("authorization"));
+    // Alice's own read is hers, not the anonymous answer stored under her key.
+    let alice = sc.get_with(path, &[("authorization", "alice")]).await;
+    assert_eq!(alice.text(), r#"{"user":"alice"}"#, "{alice:?}");
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn an_identity_header_sent_twice_is_a_400() {
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    let sc = Sidecache::start(&origin, ROUTE_BALANCE).await;
+    let twice = sc
+        .get_with(
+            "/api/users/1/balance",
+            &[("authorization", "alice"), ("authorization", "bob")],
+        )
+        .await;
+    assert_eq!(twice.status, 400, "{twice:?}");
+    assert!(twice.text().contains("identity_repeated"), "{twice:?}");
+    assert_eq!(origin.hits(), 0);
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(&m, "sidecache_requests_total", &[("cache", "rejected")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_write_whose_outcome_is_unknown_invalidates_all_the_same() {
+    // The write commits, then answers too late for sidecache's timeout.
+    let origin = Origin::start(|r| match r.method {
+        Method::PUT => Reply::json("{}").delay(Duration::from_millis(600)),
+        _ => Reply::json(RECORD),
+    })
+    .await;
+    let config = sidecache::config::Config::parse(&format!(
+        r#"
+[listen]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[upstream]
+url = "{}"
+timeout = "200ms"
+{ROUTE_GROUP}
+[[invalidate]]
+match = "PUT /api/superadmin/groups/{{group}}/{{symbol}}"
+tags = ["group:{{group}}:{{symbol}}"]
+"#,
+        origin.url()
+    ))
+    .unwrap();
+    let sc = Sidecache::start_with(config).await;
+    let path = "/api/groups/VIP/EURUSD";
+    sc.get(path).await;
+    assert!(sc.get(path).await.header("cache-status").contains("hit"));
+    let write = sc
+        .request(Method::PUT, "/api/superadmin/groups/VIP/EURUSD", &[], "{}")
+        .await;
+    assert_eq!(write.status, 504, "{write:?}");
+    // It may have committed: the entry is gone before the 504 left.
+    let after = sc.get(path).await;
+    assert!(
+        after.header("cache-status").contains("fwd=miss"),
+        "{after:?}"
+    );
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sidecache_invalidations_total",
+            &[("source", "write_uncertain")]
+        ),
+        1.0
+    );
+}

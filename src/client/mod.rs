@@ -634,3 +634,5 @@ fn poll_fill(io: &TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<i
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_props;

@@ -39,7 +39,7 @@ use super::Conn;
 /// have been closed by the upstream.
 #[derive(Debug)]
 pub(super) struct Pool {
-    idle: Mutex<VecDeque<(Conn, Instant)>>,
+    pub(super) idle: Mutex<VecDeque<(Conn, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
     fill_quiet: Duration,
@@ -137,7 +137,7 @@ impl Conn {
     /// non-blocking one-byte peek of the socket (one syscall). Tokio's readiness is not asked:
     /// it is only as new as the reactor's last turn, and a byte that arrived since would be
     /// read as the next request's answer.
-    fn is_silent(&self) -> bool {
+    pub(super) fn is_silent(&self) -> bool {
         let mut byte = [MaybeUninit::<u8>::uninit(); 1];
         matches!(
             socket2::SockRef::from(&self.io).peek(&mut byte),

@@ -343,3 +343,145 @@ fn an_encoded_request_holds_nothing_of_the_head() {
         "GET /orders/1?x=2 HTTP/1.1\r\nhost: upstream\r\nx-v: v\r\n\r\n"
     );
 }
+
+/// An upstream that answers as soon as it has a request's head and then reads nothing more.
+async fn early_answerer(answer: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if sock.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                sock.write_all(answer.as_bytes()).await.unwrap();
+                // Holds the connection open without reading: the body fills the buffers.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_sent_stops_the_upload_and_closes_the_connection() {
+    let port = early_answerer("HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig").await;
+    let c = with_timeout(port, Duration::from_secs(10));
+    // Far more than the socket buffers hold: without watching for the answer, the write
+    // would wait for the upstream until the timeout.
+    let body = Full::new(Bytes::from(vec![b'x'; 64 << 20]));
+    let req = Request::post("/upload")
+        .header("host", "upstream")
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    let resp = c.send(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(text(resp).await, "big");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        c.pool.idle(),
+        0,
+        "a connection whose request was cut short was pooled"
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_is_the_clients_timeout() {
+    use futures_util::StreamExt;
+    let up = upstream(vec![Script::Answer(OK_HELLO)]).await;
+    let c = Client::new(ClientConfig {
+        body_timeout: Duration::from_millis(100),
+        ..client(up.port).config.as_ref().clone()
+    });
+    // One chunk, then nothing for longer than the body timeout.
+    let chunks = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+        http_body::Frame::data(Bytes::from_static(b"abc")),
+    )])
+    .chain(futures_util::stream::pending());
+    let req = Request::post("/slow")
+        .header("host", "upstream")
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    match c.send(req).await {
+        Err(ProxyError::ClientBodyTimeout) => {}
+        other => panic!(
+            "expected the client's timeout, got {:?}",
+            other.map(|r| r.status())
+        ),
+    }
+}
+
+#[tokio::test]
+async fn an_error_answer_to_a_request_with_content_closes_the_connection() {
+    let up = upstream(vec![Script::Answer(
+        "HTTP/1.1 401 No\r\nContent-Length: 2\r\n\r\nno",
+    )])
+    .await;
+    let c = client(up.port);
+    let post = Request::post("/p")
+        .header("host", "upstream")
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    assert_eq!(text(c.send(post).await.unwrap()).await, "no");
+    assert_eq!(c.pool.idle(), 0);
+    // Without content, the same answer leaves the connection reusable.
+    assert_eq!(text(c.send(get("/g")).await.unwrap()).await, "no");
+    assert_eq!(c.pool.idle(), 1);
+}
+
+#[tokio::test]
+async fn fills_to_be_stored_take_only_a_quiet_connection() {
+    let up = upstream(vec![Script::Answer(OK_HELLO)]).await;
+    // `client` has fill_quiet = 50ms.
+    let c = client(up.port);
+    assert_eq!(text(c.send(get("/1")).await.unwrap()).await, "hello");
+    // Just used: a fill does not take it, and connects anew.
+    let fill = c.encode(get("/fill"), wire::Added::default(), Instant::now());
+    let resp = c.send_encoded(fill.to_be_stored()).await.unwrap();
+    assert_eq!(text(resp).await, "hello");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(c.pool.idle(), 2);
+    // Once both have been quiet for 50ms, a fill takes one of them.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let fill = c.encode(get("/fill"), wire::Added::default(), Instant::now());
+    let resp = c.send_encoded(fill.to_be_stored()).await.unwrap();
+    assert_eq!(text(resp).await, "hello");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_idle_connection_that_turned_readable_is_never_used() {
+    let up = upstream(vec![Script::Split(
+        OK_HELLO,
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTRAY",
+    )])
+    .await;
+    let c = client(up.port);
+    // The first part is the whole answer; the rest comes 20ms later, unasked.
+    assert_eq!(text(c.send(get("/1")).await.unwrap()).await, "hello");
+    assert_eq!(c.pool.idle(), 1);
+    let arrived = async {
+        loop {
+            let stray = {
+                let idle = c.pool.idle.lock().unwrap();
+                idle.back().is_some_and(|(conn, _)| !conn.is_silent())
+            };
+            if stray {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), arrived)
+        .await
+        .unwrap();
+    // Its stray answer is not read as this request's: a new connection carries it.
+    assert_eq!(text(c.send(get("/2")).await.unwrap()).await, "hello");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
