@@ -47,9 +47,12 @@ fn answer() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
         })
 }
 
+/// A body read whole, and the bytes left in the buffer after it.
+type Read = (Vec<u8>, Vec<u8>);
+
 /// Reads one answer from `pieces` as a client would, a piece at a time: the head, then the
-/// body by its framing. Returns the body and what is left in the buffer after it.
-fn read(pieces: &[&[u8]]) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+/// body by its framing. `None`: the pieces ended first.
+fn read(pieces: &[&[u8]]) -> Result<Option<Read>, String> {
     let mut buf = BytesMut::new();
     let mut pieces = pieces.iter();
     let mut headers = HeaderMap::new();
