@@ -198,7 +198,7 @@ impl Metrics {
         let invalidations = IntCounterVec::new(
             Opts::new(
                 "sidecache_invalidations_total",
-                "Invalidations applied, by source (write, event, admin, peer, gap).",
+                "Invalidations applied, by source (write, write_uncertain, event, admin, peer, gap).",
             ),
             &["source"],
         )
