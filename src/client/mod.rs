@@ -13,7 +13,7 @@
 //! ~19.6k). So the request's task writes the request and reads the response on the socket
 //! itself, the way nginx does, and a response that arrived whole with its head is returned as
 //! one buffer, its connection already back in the pool. The price is that the reuse rules
-//! hyper enforces are ours to enforce: they live in [`pool`], and the adversarial suite
+//! hyper enforces are ours to enforce: they live in `client::pool`, and the adversarial suite
 //! (`tests/upstream_adversarial.rs`, `wire_props`) holds this client to them.
 //!
 //! # Connection reuse (what keeps one caller's answer from reaching another)
