@@ -147,7 +147,7 @@ pub struct L2File {
     /// How long a pod that lost the lease race waits for the winner's fill to appear in L2
     /// before it asks the upstream itself. Default `"500ms"`, at most `lease`.
     pub lease_wait: Option<String>,
-    /// Consecutive failures that open the circuit breaker. Default `5`.
+    /// Consecutive failures that open the circuit breaker; at least `1`. Default `5`.
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before one probe call is let through. Default `"1s"`.
     pub breaker_open: Option<String>,

@@ -121,6 +121,12 @@ pub(super) fn validate(
     if timeout.is_zero() {
         e.push("l2.timeout: must be greater than zero".into());
     }
+    let breaker_failures = f.breaker_failures.unwrap_or(5);
+    if breaker_failures == 0 {
+        // Zero would mean "open before the first failure": a breaker that never lets a call
+        // through. Refused rather than silently raised to 1, so the file says what runs.
+        e.push("l2.breaker_failures: must be at least 1".into());
+    }
     L2Config {
         target,
         timeout,
@@ -130,7 +136,7 @@ pub(super) fn validate(
         password: env(&password_env).filter(|v| !v.is_empty()),
         lease,
         lease_wait,
-        breaker_failures: f.breaker_failures.unwrap_or(5).max(1),
+        breaker_failures,
         breaker_open: duration(e, "l2.breaker_open", f.breaker_open, "1s"),
     }
 }
