@@ -39,7 +39,7 @@ fn every_problem_is_listed() {
         "route[0] (a).ttl",
         "route[0] (a).tags[0]",
         "route[0] (a).scope",
-        "route[1]: unknown field `bogus`",
+        "route[1].bogus: unknown field `bogus`",
     ] {
         assert!(all.contains(needle), "missing {needle} in:\n{all}");
     }
@@ -134,4 +134,62 @@ fn env_overrides_file() {
     .unwrap();
     assert_eq!(c.upstream.url.authority().unwrap().as_str(), "10.1.2.3:81");
     assert_eq!(c.listen.proxy.port(), 18080);
+}
+
+#[test]
+fn a_type_error_hides_nothing_else() {
+    let errs = Config::parse(
+        r#"
+        [upstream]
+        url = "http://127.0.0.1:1"
+        timeout = 5
+        pool_max_idle = "many"
+        connect_timeout = "soon"
+        [l2]
+        url = 6379
+        prefix = "has space"
+        [[route]]
+        name = "a"
+        match = "GET /a/{id}"
+        ttl = 5
+        scope = "everyone"
+        [[route]]
+        name = "b"
+        ttl = "60s"
+        [[event]]
+        channel = ["x"]
+        tags = ["user:{id}"]
+        "#,
+    )
+    .unwrap_err()
+    .0;
+    let all = errs.join("\n");
+    for needle in [
+        // Each bad key on its own line, named by its key...
+        "upstream.timeout: invalid type: integer `5`, expected a string",
+        "upstream.pool_max_idle: invalid type: string",
+        "route[0].ttl: invalid type: integer `5`, expected a string",
+        "l2.url: invalid type: integer",
+        "event[0].channel: invalid type: sequence",
+        // ...and the rest of the same tables is still checked.
+        "upstream.connect_timeout",
+        "l2.prefix",
+        "route[0] (a).scope",
+        "route[1] (b).match: required",
+    ] {
+        assert!(all.contains(needle), "missing {needle} in:\n{all}");
+    }
+    // A key that is there but wrong is not also "required" (or "give exactly one of").
+    for false_claim in [
+        "ttl: required",
+        "upstream.timeout: must be",
+        "l2: give exactly one",
+        "event[0]: give exactly one",
+    ] {
+        assert!(
+            !all.contains(false_claim),
+            "false {false_claim:?} in:\n{all}"
+        );
+    }
+    assert_eq!(errs.len(), 9, "{all}");
 }

@@ -40,34 +40,40 @@ pub(super) struct Sections {
     limits: file::LimitsFile,
     limit_rules: Vec<file::LimitFile>,
     reload: file::ReloadFile,
+    /// Keys reported with a type error and left out; validation's "required" for them is
+    /// dropped, since the key is there, only wrong.
+    bad_keys: Vec<String>,
 }
 
 impl Sections {
     pub(super) fn read(mut table: toml::Table, errors: &mut Vec<String>) -> Sections {
+        let mut bad = Vec::new();
         let mut s = Sections {
-            listen: section(&mut table, "listen", errors),
-            upstream: section(&mut table, "upstream", errors),
-            l1: section(&mut table, "l1", errors),
-            runtime: section(&mut table, "runtime", errors),
-            shutdown: section(&mut table, "shutdown", errors),
-            log: section(&mut table, "log", errors),
+            listen: section(&mut table, "listen", errors, &mut bad),
+            upstream: section(&mut table, "upstream", errors, &mut bad),
+            l1: section(&mut table, "l1", errors, &mut bad),
+            runtime: section(&mut table, "runtime", errors, &mut bad),
+            shutdown: section(&mut table, "shutdown", errors, &mut bad),
+            log: section(&mut table, "log", errors, &mut bad),
             l2: table
                 .contains_key("l2")
-                .then(|| section(&mut table, "l2", errors)),
-            warmup: section(&mut table, "warmup", errors),
-            pubsub: section(&mut table, "pubsub", errors),
-            admin: section(&mut table, "admin", errors),
+                .then(|| section(&mut table, "l2", errors, &mut bad)),
+            warmup: section(&mut table, "warmup", errors, &mut bad),
+            pubsub: section(&mut table, "pubsub", errors, &mut bad),
+            admin: section(&mut table, "admin", errors, &mut bad),
             routes: Vec::new(),
             invalidations: Vec::new(),
             events: Vec::new(),
-            limits: section(&mut table, "limits", errors),
+            limits: section(&mut table, "limits", errors, &mut bad),
             limit_rules: Vec::new(),
-            reload: section(&mut table, "reload", errors),
+            reload: section(&mut table, "reload", errors, &mut bad),
+            bad_keys: Vec::new(),
         };
-        s.limit_rules = array(&mut table, "limit", errors);
-        s.routes = array(&mut table, "route", errors);
-        s.invalidations = array(&mut table, "invalidate", errors);
-        s.events = array(&mut table, "event", errors);
+        s.limit_rules = array(&mut table, "limit", errors, &mut bad);
+        s.routes = array(&mut table, "route", errors, &mut bad);
+        s.invalidations = array(&mut table, "invalidate", errors, &mut bad);
+        s.events = array(&mut table, "event", errors, &mut bad);
+        s.bad_keys = bad;
         for key in table.keys() {
             errors.push(format!(
                 "{key}: unknown section (known: listen, upstream, l1, l2, pubsub, runtime, shutdown, log, warmup, admin, limits, reload, route, invalidate, event, limit)"
@@ -81,40 +87,114 @@ fn section<T: DeserializeOwned + Default>(
     table: &mut toml::Table,
     key: &str,
     errors: &mut Vec<String>,
+    bad: &mut Vec<String>,
 ) -> T {
     match table.remove(key) {
         None => T::default(),
-        Some(value) => value.try_into().unwrap_or_else(|e: toml::de::Error| {
-            errors.push(format!("{key}: {}", e.message()));
-            T::default()
-        }),
+        Some(value) => by_key(value, key, errors, bad).unwrap_or_default(),
     }
 }
 
-fn array<T: DeserializeOwned>(
+fn array<T: DeserializeOwned + Default>(
     table: &mut toml::Table,
     key: &str,
     errors: &mut Vec<String>,
+    bad: &mut Vec<String>,
 ) -> Vec<T> {
     match table.remove(key) {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
             .into_iter()
             .enumerate()
-            .filter_map(|(i, v)| match v.try_into() {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    let e: toml::de::Error = e;
-                    errors.push(format!("{key}[{i}]: {}", e.message()));
-                    None
-                }
-            })
+            .filter_map(|(i, v)| by_key(v, &format!("{key}[{i}]"), errors, bad))
             .collect(),
         Some(_) => {
             errors.push(format!("{key}: must be an array of tables, `[[{key}]]`"));
             Vec::new()
         }
     }
+}
+
+/// Deserializes one table (a section or an array item). When the whole fails, each key is tried
+/// on its own: serde stops at the first bad field, which would hide the rest of the table and,
+/// with the table dropped, make every field look missing. Each bad key is reported as `at.key`
+/// and remembered in `bad`; the table is then read without them so the other keys still get
+/// validated.
+fn by_key<T: DeserializeOwned + Default>(
+    value: toml::Value,
+    at: &str,
+    errors: &mut Vec<String>,
+    bad: &mut Vec<String>,
+) -> Option<T> {
+    let table = match value {
+        toml::Value::Table(t) => t,
+        other => {
+            return match other.try_into() {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    let e: toml::de::Error = e;
+                    errors.push(format!("{at}: {}", e.message()));
+                    None
+                }
+            };
+        }
+    };
+    // The usual case, a good table, costs one deserialization (and a clone at load time).
+    if let Ok(v) = toml::Value::Table(table.clone()).try_into() {
+        return Some(v);
+    }
+    let mut good = toml::Table::new();
+    for (key, v) in table {
+        let one = toml::Table::from_iter([(key.clone(), v)]);
+        match toml::Value::Table(one.clone()).try_into::<T>() {
+            Ok(_) => good.extend(one),
+            Err(e) => {
+                errors.push(format!("{at}.{key}: {}", e.message()));
+                bad.push(format!("{at}.{key}"));
+            }
+        }
+    }
+    match toml::Value::Table(good).try_into() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            // Keys that pass alone but not together; say so rather than lose the table.
+            let e: toml::de::Error = e;
+            errors.push(format!("{at}: {}", e.message()));
+            Some(T::default())
+        }
+    }
+}
+
+/// Whether `message` (`key: text`, pushed by validation) only restates that a key reported
+/// with a type error is missing: the key itself or one below it (`route[0] (a).ttl: required`
+/// after `route[0].ttl: invalid type`), or its table naming it in backticks
+/// (`` l2: give exactly one of `url`, ... `` after `l2.url: invalid type`). Validation names
+/// array items with the item's name in parentheses; the type check cannot, so those go.
+fn shadowed(message: &str, bad: &[String]) -> bool {
+    let Some((key, text)) = message.split_once(": ") else {
+        return false;
+    };
+    let mut plain = String::with_capacity(key.len());
+    let mut depth = 0usize;
+    for c in key.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    let plain = plain.replace(" .", ".");
+    let plain = plain.trim();
+    bad.iter().any(|b| {
+        let field = b.rsplit('.').next().unwrap_or(b);
+        plain == b
+            || plain
+                .strip_prefix(b.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+            || (b.strip_suffix(field).and_then(|p| p.strip_suffix('.')) == Some(plain)
+                && text.contains(&format!("`{field}`")))
+    })
 }
 
 /// Checks one value, recording the error under `key` and returning `default` so validation
@@ -152,6 +232,7 @@ pub(super) fn validate(
     errors: &mut Vec<String>,
 ) -> Option<Config> {
     let e = errors;
+    let read = e.len();
     let listen = listen::validate(s.listen, env, e);
     let upstream = upstream::validate(s.upstream, env, e);
     let l1 = l1::validate(s.l1, e);
@@ -172,6 +253,12 @@ pub(super) fn validate(
         e.push("event: [[event]] rules need an [l2] section (the Redis they arrive on)".into());
     }
 
+    let reload_interval = duration(e, "reload.interval", s.reload.interval, "2s");
+    let mut i = 0;
+    e.retain(|m| {
+        i += 1;
+        i <= read || !shadowed(m, &s.bad_keys)
+    });
     Some(Config {
         listen,
         upstream,
@@ -187,6 +274,6 @@ pub(super) fn validate(
         invalidations,
         events,
         limits,
-        reload_interval: duration(e, "reload.interval", s.reload.interval, "2s"),
+        reload_interval,
     })
 }
