@@ -49,7 +49,9 @@ typo_key = true
         "route[0] (group).ttl",
         "route[0] (group).tags[0]",
         "route[0] (group).scope",
-        "route[1]: unknown field `typo_key`",
+        "route[1].typo_key: unknown field `typo_key`",
+        // The unknown key no longer hides the rest of its route.
+        "route[1] (group).match: only GET routes are cached",
     ] {
         assert!(err.contains(key), "`{key}` missing from:\n{err}");
     }
