@@ -86,3 +86,46 @@ async fn connect_gets_a_status_not_a_silent_close() {
     // The proxy keeps serving.
     assert_eq!(sc.get("/api/groups/VIP/EURUSD").await.status, 200);
 }
+
+/// A request head of exactly `len` bytes (`Connection: close`, so the answer ends the read).
+fn request_head(len: usize) -> String {
+    let start = "GET /api/groups/VIP/EURUSD HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Pad: ";
+    let head = format!("{start}{}\r\n\r\n", "a".repeat(len - start.len() - 4));
+    assert_eq!(head.len(), len);
+    head
+}
+
+#[tokio::test]
+async fn head_limits_are_exact() {
+    let origin = Origin::start(|req| {
+        if req.uri.contains("big") {
+            // A head just over 64 KiB with the origin's own fields.
+            Reply::json(RECORD).header("x-big", &"b".repeat(64 * 1024))
+        } else {
+            Reply::json(RECORD)
+        }
+    })
+    .await;
+    // The default limit, 64 KiB.
+    let sc = Sidecache::start(&origin, ROUTE_GROUP).await;
+    let limit = 64 * 1024;
+    // Written whole, in one segment: the server reads past the limit in one go.
+    let at = raw_exchange(sc.proxy, request_head(limit).as_bytes()).await;
+    assert_eq!(
+        status(&at),
+        200,
+        "a head of exactly the limit: {:?}",
+        &at[..at.len().min(80)]
+    );
+    for len in [limit + 1, limit + limit / 2, 2 * limit - 100] {
+        let over = raw_exchange(sc.proxy, request_head(len).as_bytes()).await;
+        assert_eq!(status(&over), 431, "a head of {len} bytes, limit {limit}");
+    }
+    assert_eq!(origin.hits(), 1);
+
+    let r = sc.get("/big").await;
+    assert_eq!(r.status, 502, "{:?}", &r.text()[..r.text().len().min(200)]);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["side"], "upstream", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("head over"), "{v}");
+}
