@@ -4,6 +4,7 @@
 //! this module ever sees an unchecked value.
 
 pub mod file;
+mod redact;
 pub mod template;
 pub mod units;
 mod validate;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::{HeaderValue, Uri};
 
+pub use redact::redact_url;
 pub use template::{MatchTemplate, Segment, Template, MAX_PARAMS};
 pub use validate::limit::parse_rate;
 
@@ -88,7 +90,8 @@ pub struct PubsubConfig {
     pub degraded_max_age: Duration,
 }
 
-#[derive(Debug, Clone, Default)]
+/// `Debug` in `redact.rs`: it never shows the token.
+#[derive(Clone, Default)]
 pub struct AdminConfig {
     /// The bearer token of mutating admin endpoints; `None` disables them.
     pub token: Option<String>,
@@ -127,7 +130,8 @@ pub struct EventConfig {
 }
 
 /// Which Redis deployment holds L2.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` and `Display` in `redact.rs`: they never show a password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// `redis://host:port/db`.
     Standalone(String),
@@ -141,7 +145,8 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` in `redact.rs`: it never shows the password.
+#[derive(Clone, PartialEq)]
 pub struct L2Config {
     pub target: RedisTarget,
     pub timeout: Duration,

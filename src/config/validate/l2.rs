@@ -1,7 +1,7 @@
 //! `[l2]` and `[l2.sentinel]`: which Redis holds the shared tier.
 
 use super::{check, duration};
-use crate::config::{file, L2Config, RedisTarget};
+use crate::config::{file, redact_url, L2Config, RedisTarget};
 
 fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
     use redis::IntoConnectionInfo;
@@ -10,13 +10,16 @@ fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
             "{key}: `rediss://` (TLS) is not built into this binary; terminate TLS in the mesh or use redis://"
         ));
     } else if let Err(err) = text.into_connection_info() {
-        e.push(format!("{key}: `{text}` is not a Redis URL: {err}"));
+        let shown = redact_url(text);
+        e.push(format!("{key}: `{shown}` is not a Redis URL: {err}"));
     }
 }
 
 /// `redis+sentinel://host:port,host:port/master_name[/db]`.
-fn sentinel_url(text: &str) -> Result<RedisTarget, String> {
-    let rest = text
+fn sentinel_url(url: &str) -> Result<RedisTarget, String> {
+    // Errors show the URL without its password.
+    let text = redact_url(url);
+    let rest = url
         .strip_prefix("redis+sentinel://")
         .ok_or_else(|| format!("`{text}` is not a redis+sentinel:// URL"))?;
     let (hosts, path) = rest.split_once('/').ok_or_else(|| {
