@@ -4,6 +4,10 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::redis::RedisServer;
 use support::*;
 
 const RECORD: &str = r#"{"group":"VIP","symbol":"EURUSD"}"#;
@@ -128,4 +132,105 @@ async fn head_limits_are_exact() {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["side"], "upstream", "{v}");
     assert!(v["message"].as_str().unwrap().contains("head over"), "{v}");
+}
+
+/// Log lines written while the returned guard lives, on this thread (a current-thread runtime
+/// runs every task of the test on it).
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(out.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || sink.clone())
+        .finish();
+    (out, tracing::subscriber::set_default(subscriber))
+}
+
+fn lines_with(logs: &Mutex<Vec<u8>>, needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&logs.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_events_is_counted_exactly_and_logged_sparingly() {
+    let (logs, _guard) = capture_logs();
+    let redis = RedisServer::start();
+    let origin = Origin::start(|_| Reply::json(RECORD)).await;
+    let extra = format!(
+        "{}[[event]]\nchannel = \"balance_updates\"\ntags = [\"user:{{user_type}}:{{user_id}}\"]\n",
+        l2_standalone(&redis.url())
+    );
+    let sc = Sidecache::start(&origin, &extra).await;
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    const FLOOD: usize = 300;
+    for i in 0..FLOOD {
+        // Two reasons, interleaved: each is throttled on its own.
+        let payload = if i % 2 == 0 {
+            "not json"
+        } else {
+            r#"{"user_type":"live"}"#
+        };
+        let _: i64 = ::redis::cmd("PUBLISH")
+            .arg("balance_updates")
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let rejected = async || {
+        metric(
+            &sc.metrics().await,
+            "sidecache_pubsub_messages_total",
+            &[("kind", "event"), ("result", "rejected")],
+        )
+    };
+    let counted = eventually(Duration::from_secs(10), async || {
+        rejected().await == FLOOD as f64
+    })
+    .await;
+    assert!(counted, "rejected = {}, not {FLOOD}", rejected().await);
+    let lines = lines_with(&logs, "Event rejected.");
+    // One line per reason per second: the flood took at most a few seconds.
+    assert!(
+        (2..=8).contains(&lines.len()),
+        "{} lines for {FLOOD} rejections:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    // A later line says how many were left out: poll with one more bad event at a time until
+    // the throttle lets a line through.
+    let told = eventually(Duration::from_secs(5), async || {
+        let _: i64 = ::redis::cmd("PUBLISH")
+            .arg("balance_updates")
+            .arg("not json")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lines_with(&logs, "Event rejected.")
+            .iter()
+            .any(|l| l.contains("not JSON") && !l.contains("suppressed=0"))
+    })
+    .await;
+    assert!(
+        told,
+        "no line with a suppressed count:\n{}",
+        lines_with(&logs, "Event rejected.").join("\n")
+    );
 }
