@@ -234,3 +234,92 @@ async fn a_flood_of_bad_events_is_counted_exactly_and_logged_sparingly() {
         lines_with(&logs, "Event rejected.").join("\n")
     );
 }
+
+/// Sends a keep-alive GET on `sock` and reads its whole answer (head, then `Content-Length`
+/// bytes of body); the connection stays open.
+async fn keep_alive_get(sock: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(b"GET /api/groups/VIP/EURUSD HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = sock.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {text:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn over_the_connection_budget_accept_waits_and_admin_still_answers() {
+    let origin = Origin::start(|_| Reply::json(RECORD)).await;
+    let config = sidecache::config::Config::parse(&format!(
+        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nmax_connections = 2\n\
+         [upstream]\nurl = \"{}\"\n{ROUTE_GROUP}",
+        origin.url()
+    ))
+    .unwrap();
+    assert_eq!(config.listen.max_connections, 2);
+    let sc = Sidecache::start_with(config).await;
+    let open = async || {
+        metric(
+            &sc.metrics().await,
+            "sidecache_connections",
+            &[("listener", "proxy")],
+        )
+    };
+
+    let mut first = tokio::net::TcpStream::connect(sc.proxy).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(sc.proxy).await.unwrap();
+    assert!(keep_alive_get(&mut first).await.starts_with("HTTP/1.1 200"));
+    assert!(keep_alive_get(&mut second)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(open().await, 2.0);
+
+    // The third connects (the kernel's backlog takes it) but is not served while two are open.
+    let mut third = tokio::net::TcpStream::connect(sc.proxy).await.unwrap();
+    let answer = tokio::spawn(async move {
+        let answer = keep_alive_get(&mut third).await;
+        (answer, third)
+    });
+    // Not a synchronisation: the window in which the third must stay unanswered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !answer.is_finished(),
+        "a third connection was served over the budget of 2"
+    );
+    // The admin listener is outside the proxy's budget.
+    assert_eq!(sc.admin_get("/healthz").await.status, 200);
+    assert_eq!(sc.admin_get("/readyz").await.status, 200);
+    assert!(!answer.is_finished());
+    assert_eq!(open().await, 2.0);
+
+    drop(first);
+    let (served, _third) = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("the third connection is served once the first closed")
+        .unwrap();
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    // The second is still open and still served.
+    assert!(keep_alive_get(&mut second)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let settled = eventually(Duration::from_secs(5), async || open().await == 2.0).await;
+    assert!(settled, "open connections: {}", open().await);
+}

@@ -18,6 +18,13 @@ pub struct ListenFile {
     /// Largest request head (request line + headers) accepted from a client; bigger → 431.
     /// Default `"64KiB"`.
     pub max_header_bytes: Option<String>,
+    /// Client connections the proxy listener keeps open at once (a count, at least 1); past it
+    /// new connections wait in the kernel's backlog until one closes. The admin listener is
+    /// not counted, so probes are always answered. Default: derived from the open-files soft
+    /// limit (`ulimit -n`): half of what is left after 96 descriptors (admin connections,
+    /// Redis, the process itself) and `upstream.pool_max_idle`, since each client connection
+    /// may hold one upstream connection; at least 16.
+    pub max_connections: Option<usize>,
 }
 
 /// `[upstream]`: the backend every request is forwarded to.

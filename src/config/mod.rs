@@ -173,6 +173,8 @@ pub struct ListenConfig {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub max_header_bytes: usize,
+    /// Client connections open at once on the proxy listener.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -137,6 +137,27 @@ fn env_overrides_file() {
 }
 
 #[test]
+fn max_connections_is_a_positive_count_with_a_derived_default() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n";
+    let c = Config::parse(base).unwrap();
+    assert!(
+        c.listen.max_connections >= 16,
+        "{}",
+        c.listen.max_connections
+    );
+    let c = Config::parse(&format!("[listen]\nmax_connections = 2\n{base}")).unwrap();
+    assert_eq!(c.listen.max_connections, 2);
+    let errs = Config::parse(&format!("[listen]\nmax_connections = 0\n{base}"))
+        .unwrap_err()
+        .0
+        .join("\n");
+    assert!(
+        errs.contains("listen.max_connections: must be at least 1"),
+        "{errs}"
+    );
+}
+
+#[test]
 fn a_type_error_hides_nothing_else() {
     let errs = Config::parse(
         r#"

@@ -233,8 +233,9 @@ pub(super) fn validate(
 ) -> Option<Config> {
     let e = errors;
     let read = e.len();
-    let listen = listen::validate(s.listen, env, e);
+    // Upstream first: the default connection budget leaves room for its idle pool.
     let upstream = upstream::validate(s.upstream, env, e);
+    let listen = listen::validate(s.listen, upstream.pool_max_idle, env, e);
     let l1 = l1::validate(s.l1, e);
     let runtime = process::runtime(s.runtime, e);
     let shutdown = process::shutdown(s.shutdown, e);
