@@ -127,7 +127,7 @@ impl Admin {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         match given {
             Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
             _ => {
@@ -336,6 +336,16 @@ fn json_response(status: StatusCode, v: Value) -> Response<Body> {
     crate::proxy::rescue::json_response(status, &v)
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched without regard
+/// to case (RFC 9110 §11.1: `bearer` and `BEARER` are the same scheme); the token is compared
+/// exactly.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 fn bad_request(message: &str) -> Response<Body> {
     json_response(
         StatusCode::BAD_REQUEST,
@@ -369,5 +379,21 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR  s3cret",
+        ] {
+            assert_eq!(bearer_token(v), Some("s3cret"), "{v}");
+        }
+        // The token itself stays exact, and other schemes are not bearer tokens.
+        assert_eq!(bearer_token("bearer S3CRET"), Some("S3CRET"));
+        assert_eq!(bearer_token("Basic czNjcmV0"), None);
+        assert_eq!(bearer_token("Bearers3cret"), None);
     }
 }

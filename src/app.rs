@@ -162,6 +162,9 @@ impl App {
         let settings = ConnSettings {
             max_header_bytes: self.config.listen.max_header_bytes,
             header_read_timeout: Duration::from_secs(30),
+            // Outside the proxy's budget: probes are answered whatever the proxy's load.
+            max_connections: None,
+            metrics: Some(self.admin.metrics.listener("admin")),
         };
         let grace = self.config.shutdown.grace_period;
 
@@ -171,7 +174,7 @@ impl App {
         let admin = self.admin.clone();
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
-            settings,
+            settings.clone(),
             move |req, _| {
                 let admin = admin.clone();
                 async move { admin.handle(req).await }
@@ -186,9 +189,14 @@ impl App {
         self.spawn_background();
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let proxy = self.proxy.clone();
+        let proxy_settings = ConnSettings {
+            max_connections: Some(self.config.listen.max_connections),
+            metrics: Some(self.admin.metrics.listener("proxy")),
+            ..settings
+        };
         let proxy_task = tokio::spawn(server::serve(
             proxy_listener,
-            settings,
+            proxy_settings,
             move |req, peer| {
                 // The configuration current when the request arrived serves all of it.
                 proxy.load_full().handle(req, peer)

@@ -61,6 +61,17 @@ pub struct Metrics {
     ratelimit: IntCounterVec,
     config_reloads: IntCounterVec,
     config_valid: IntGauge,
+    connections: IntGaugeVec,
+    accept_errors: IntCounterVec,
+}
+
+/// One listener's connection handles (`proxy` or `admin`).
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Failed `accept` calls (EMFILE, ENFILE, ...).
+    pub accept_errors: IntCounter,
 }
 
 /// The per-route handles of one configuration's routes (rebuilt on reload; the counters behind
@@ -242,6 +253,19 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "sidecache_connections",
+                "Client connections open now, by listener (proxy, admin).",
+            ),
+            &["listener"],
+        )
+        .unwrap();
+        let accept_errors = IntCounterVec::new(
+            Opts::new("sidecache_accept_errors_total", "Failed accepts (e.g. EMFILE: out of file descriptors), by listener; each backs off 10ms, doubling to 1s."),
+            &["listener"],
+        )
+        .unwrap();
         let config_valid = IntGauge::new("sidecache_config_valid", "1 if the last config load or reload was valid, 0 if a reload was rejected (the previous config keeps running).").unwrap();
         config_valid.set(1);
         let build_info = IntGaugeVec::new(
@@ -279,6 +303,8 @@ impl Metrics {
             Box::new(ratelimit.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_valid.clone()),
+            Box::new(connections.clone()),
+            Box::new(accept_errors.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -308,6 +334,16 @@ impl Metrics {
             ratelimit,
             config_reloads,
             config_valid,
+            connections,
+            accept_errors,
+        }
+    }
+
+    /// The connection handles of `listener` (`proxy` or `admin`).
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections.with_label_values(&[listener]),
+            accept_errors: self.accept_errors.with_label_values(&[listener]),
         }
     }
 

@@ -49,7 +49,9 @@ typo_key = true
         "route[0] (group).ttl",
         "route[0] (group).tags[0]",
         "route[0] (group).scope",
-        "route[1]: unknown field `typo_key`",
+        "route[1].typo_key: unknown field `typo_key`",
+        // The unknown key no longer hides the rest of its route.
+        "route[1] (group).match: only GET routes are cached",
     ] {
         assert!(err.contains(key), "`{key}` missing from:\n{err}");
     }
@@ -93,4 +95,84 @@ fn log_format_flag_is_validated() {
     assert!(sidecache(&["--log-format", "json", "check"])
         .status
         .success());
+}
+
+#[test]
+fn redis_passwords_are_never_printed() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("sidecache-redact-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // `check` of a URL that does not parse names it without the password.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[l2]\nurl = \"redis://app:s3cr3t-pw@redis:notaport\"\n",
+    )
+    .unwrap();
+    let out = sidecache(&["check", "--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("l2.url: `redis://app:***@redis:notaport`"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
+
+    // A running sidecache logs its Redis target when it connects (and at every failed retry).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\n\
+             [l2]\nurl = \"redis://app:s3cr3t-pw@127.0.0.1:{port}\"\nconnect_timeout = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidecache"))
+        .args(["--config", good.to_str().unwrap()])
+        .env("SIDECACHE_LOG", "debug")
+        .env("SIDECACHE_REDIS_PASSWORD", "env-s3cr3t")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let logs = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(logs).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains("Redis connect");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    assert!(
+        log.contains("Redis connect"),
+        "no Redis target logged:\n{log}"
+    );
+    assert!(log.contains("redis://app:***@127.0.0.1"), "{log}");
+    assert!(!log.contains("s3cr3t"), "a password was logged:\n{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -382,17 +382,6 @@ async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
     assert_eq!(r.status, 200);
 }
 
-/// Writes `bytes` on a fresh connection and reads until the server closes it.
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // The server may answer and close before it has read everything; a reset is fine.
-    let _ = s.write_all(bytes).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn large_bodies_stream_through_uncached() {
     let big = "x".repeat(300_000);

@@ -151,9 +151,14 @@ pub fn parse_response_head(
         buf,
         &mut slots,
     );
+    // The limit holds however the head arrived: a complete head over it fails as well as a
+    // partial one that already is (one read can bring far more than the limit).
     let len = match result {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Complete(_)) => {
+            return Err(format!("response head over {MAX_HEAD_BYTES} bytes"));
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(format!("response head over {MAX_HEAD_BYTES} bytes"));
         }
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -539,6 +544,24 @@ mod tests {
             .is_none());
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
         assert!(parse(&huge, Method::GET).is_err());
+        // Exact, whether the head arrived whole or in part: MAX_HEAD_BYTES passes, one more
+        // byte fails (a complete head over the limit used to pass when one read brought it).
+        let head_of = |len: usize| {
+            let start = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx: ";
+            let head = format!("{start}{}\r\n\r\n", "a".repeat(len - start.len() - 4));
+            assert_eq!(head.len(), len);
+            head
+        };
+        assert!(parse(&head_of(MAX_HEAD_BYTES), Method::GET)
+            .unwrap()
+            .is_some());
+        let over = head_of(MAX_HEAD_BYTES + 1);
+        assert!(parse(&over, Method::GET).is_err());
+        assert!(parse(&format!("{over}body"), Method::GET).is_err());
+        assert!(parse(&over[..MAX_HEAD_BYTES], Method::GET).is_err());
+        assert!(parse(&over[..MAX_HEAD_BYTES - 1], Method::GET)
+            .unwrap()
+            .is_none());
         assert!(parse("HTTP/1.1 2x0 OK\r\n\r\n", Method::GET).is_err());
     }
 

@@ -18,6 +18,13 @@ pub struct ListenFile {
     /// Largest request head (request line + headers) accepted from a client; bigger → 431.
     /// Default `"64KiB"`.
     pub max_header_bytes: Option<String>,
+    /// Client connections the proxy listener keeps open at once (a count, at least 1); past it
+    /// new connections wait in the kernel's backlog until one closes. The admin listener is
+    /// not counted, so probes are always answered. Default: derived from the open-files soft
+    /// limit (`ulimit -n`): half of what is left after 96 descriptors (admin connections,
+    /// Redis, the process itself) and `upstream.pool_max_idle`, since each client connection
+    /// may hold one upstream connection; at least 16.
+    pub max_connections: Option<usize>,
 }
 
 /// `[upstream]`: the backend every request is forwarded to.
@@ -156,7 +163,7 @@ pub struct L2File {
     /// How long a pod that lost the lease race waits for the winner's fill to appear in L2
     /// before it asks the upstream itself. Default `"500ms"`, at most `lease`.
     pub lease_wait: Option<String>,
-    /// Consecutive failures that open the circuit breaker. Default `5`.
+    /// Consecutive failures that open the circuit breaker; at least `1`. Default `5`.
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before one probe call is let through. Default `"1s"`.
     pub breaker_open: Option<String>,

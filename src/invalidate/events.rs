@@ -24,6 +24,16 @@ pub enum Rejection {
     MissingField(String),
 }
 
+impl Rejection {
+    /// A stable name per kind of rejection: what log lines are throttled by.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::NotJson(_) => "not_json",
+            Rejection::MissingField(_) => "missing_field",
+        }
+    }
+}
+
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

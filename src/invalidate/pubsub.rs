@@ -21,9 +21,14 @@ use super::Invalidator;
 use crate::cache::clock;
 use crate::config::{Action, EventConfig, L2Config, PubsubConfig, Subscription};
 use crate::metrics::Metrics;
+use crate::telemetry::Throttles;
 
 /// Heartbeats missed before the subscription counts as broken.
 const MISSED_HEARTBEATS: u32 = 3;
+
+/// At most one WARN line per reason in this long: a publisher flooding a channel with bad
+/// payloads must not flood the log too. The `rejected` counter stays exact.
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Subscriber {
     pub invalidator: Arc<Invalidator>,
@@ -39,6 +44,8 @@ impl Subscriber {
     /// Runs for the life of the process.
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(50);
+        // Kept across reconnects, so that a reconnect does not reopen the log to a flood.
+        let mut quiet = Throttles::new(REJECTION_LOG_EVERY);
         loop {
             self.metrics.set_pubsub_connected(false);
             let conn = crate::redis::pubsub_connection(&self.l2).await;
@@ -67,7 +74,7 @@ impl Subscriber {
                 channel = self.invalidator.channel(),
                 "Subscribed; L1 is live."
             );
-            let why = self.listen(pubsub).await;
+            let why = self.listen(pubsub, &mut quiet).await;
             tracing::warn!(why, "Pub/sub gap: dropping L1 until subscribed again.");
             self.invalidator.gap();
         }
@@ -85,7 +92,7 @@ impl Subscriber {
     }
 
     /// Handles messages until the subscription is (or may be) broken; returns why.
-    async fn listen(&self, pubsub: ::redis::aio::PubSub) -> &'static str {
+    async fn listen(&self, pubsub: ::redis::aio::PubSub, quiet: &mut Throttles) -> &'static str {
         let mut stream = pubsub.into_on_message();
         let beat = self.pubsub.heartbeat;
         let mut tick = tokio::time::interval(beat);
@@ -96,7 +103,7 @@ impl Subscriber {
                 _ = self.resubscribe.notified() => return "event channels changed",
                 msg = stream.next() => {
                     let Some(msg) = msg else { return "disconnected" };
-                    if self.handle(&msg) {
+                    if self.handle(&msg, quiet) {
                         last_own = Instant::now();
                     }
                 }
@@ -115,11 +122,11 @@ impl Subscriber {
     }
 
     /// Applies one message; returns true for this pod's own heartbeat.
-    fn handle(&self, msg: &::redis::Msg) -> bool {
+    fn handle(&self, msg: &::redis::Msg, quiet: &mut Throttles) -> bool {
         let channel = msg.get_channel_name();
         let payload = msg.get_payload_bytes();
         if channel == self.invalidator.channel() {
-            return self.handle_peer(payload);
+            return self.handle_peer(payload, quiet);
         }
         let pattern: Option<String> = msg.get_pattern().ok();
         let events = self.events.load();
@@ -137,19 +144,23 @@ impl Subscriber {
                 Ok(None) => self.metrics.pubsub_message("event", "ignored"),
                 Err(rejection) => {
                     self.metrics.pubsub_message("event", "rejected");
-                    tracing::warn!(channel, %rejection, "Event rejected.");
+                    if let Some(suppressed) = quiet.admit(rejection.reason(), Instant::now()) {
+                        tracing::warn!(channel, %rejection, suppressed, "Event rejected.");
+                    }
                 }
             }
         }
         false
     }
 
-    fn handle_peer(&self, payload: &[u8]) -> bool {
+    fn handle_peer(&self, payload: &[u8], quiet: &mut Throttles) -> bool {
         let m = match Message::decode(payload) {
             Ok(m) => m,
             Err(error) => {
                 self.metrics.pubsub_message("peer", "rejected");
-                tracing::warn!(%error, "Unreadable message on the sidecache channel.");
+                if let Some(suppressed) = quiet.admit("unreadable_peer", Instant::now()) {
+                    tracing::warn!(%error, suppressed, "Unreadable message on the sidecache channel.");
+                }
                 return false;
             }
         };

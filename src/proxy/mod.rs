@@ -13,6 +13,7 @@
 
 pub mod body;
 pub mod forward;
+mod refuse;
 pub mod rescue;
 pub mod respond;
 
@@ -182,6 +183,21 @@ impl Proxy {
         forward::strip_hop_by_hop(req.headers_mut());
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_string());
+        if let Some(response) = refuse::check(&req) {
+            // Before rate limits: a request that cannot be served spends no one's budget.
+            let answer = Answer {
+                response,
+                outcome: CacheOutcome::Rejected,
+                route: None,
+            };
+            return Either::Left(future::ready(self.finish(
+                answer,
+                Vec::new(),
+                start,
+                &method,
+                path,
+            )));
+        }
         // Rate-limit fields (none without a `[[limit]]` that applies) go on every answer.
         // Without limits the step is taken straight: through `admitted` it cost a copy more.
         let mut limits = Vec::new();
@@ -312,7 +328,7 @@ impl Proxy {
             Err(key::KeyError::AmbiguousIdentity) => {
                 return Step::Answered(Answer {
                     response: rescue::bad_request(
-                        "identity_repeated",
+                        "downstream_identity_repeated",
                         "the identity header comes more than once",
                     ),
                     outcome: CacheOutcome::Rejected,

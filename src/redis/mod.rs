@@ -250,7 +250,7 @@ async fn keep_connected(inner: Weak<Inner>) {
                     return;
                 };
                 *strong.conn.write().expect("redis conn lock") = Some(conn);
-                tracing::info!(target = ?config.target, master = ?master, "Redis connected.");
+                tracing::info!(target = %config.target, master = ?master, "Redis connected.");
                 backoff = Duration::from_millis(50);
                 let RedisTarget::Sentinel { .. } = config.target else {
                     // Standalone and Cluster connections re-establish themselves.
@@ -271,7 +271,7 @@ async fn keep_connected(inner: Weak<Inner>) {
                 *strong.conn.write().expect("redis conn lock") = None;
             }
             Err(error) => {
-                tracing::warn!(target = ?config.target, %error, "Redis connection failed; retrying.");
+                tracing::warn!(target = %config.target, %error, "Redis connection failed; retrying.");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

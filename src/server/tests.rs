@@ -38,6 +38,7 @@ where
     let settings = ConnSettings {
         max_header_bytes: 8192,
         header_read_timeout,
+        ..ConnSettings::default()
     };
     let server = tokio::spawn(serve(listener, settings, handler, stop_rx, grace));
     (addr, stop, server)

@@ -353,3 +353,14 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub fn l2_standalone(url: &str) -> String {
     format!("[l2]\nurl = \"{url}\"\ntimeout = \"200ms\"\nbreaker_open = \"200ms\"\nbreaker_failures = 3\n")
 }
+
+/// Writes `bytes` on a fresh connection and reads until the server closes it.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it has read everything; a reset is fine.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

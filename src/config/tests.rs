@@ -1,0 +1,216 @@
+//! Validation of whole config texts: every problem listed, defaults, env overrides.
+
+use super::*;
+use std::time::Duration;
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::parse(EMBEDDED).unwrap();
+    assert!(!c.routes.is_empty());
+}
+
+#[test]
+fn every_problem_is_listed() {
+    let bad = r#"
+        [listen]
+        proxy = "nowhere"
+        [upstream]
+        url = "ftp://x"
+        timeout = "5 parsecs"
+        [l1]
+        max_bytes = "lots"
+        [[route]]
+        name = "a"
+        match = "GET /a/{id}"
+        ttl = "60"
+        tags = ["a:{nope}"]
+        scope = "everyone"
+        [[route]]
+        match = "POST /b"
+        bogus = 1
+    "#;
+    let errs = Config::parse(bad).unwrap_err().0;
+    let all = errs.join("\n");
+    for needle in [
+        "listen.proxy",
+        "upstream.url",
+        "upstream.timeout",
+        "l1.max_bytes",
+        "route[0] (a).ttl",
+        "route[0] (a).tags[0]",
+        "route[0] (a).scope",
+        "route[1].bogus: unknown field `bogus`",
+    ] {
+        assert!(all.contains(needle), "missing {needle} in:\n{all}");
+    }
+}
+
+#[test]
+fn l2_targets() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n";
+    let c = Config::parse(&format!("{base}[l2]\nurl = \"redis://127.0.0.1:6379\"")).unwrap();
+    assert_eq!(
+        c.l2.unwrap().target,
+        RedisTarget::Standalone("redis://127.0.0.1:6379".into())
+    );
+    let c = Config::parse(&format!(
+        "{base}[l2]\nurl = \"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster\""
+    ))
+    .unwrap();
+    assert_eq!(
+        c.l2.unwrap().target,
+        RedisTarget::Sentinel {
+            nodes: vec![
+                "redis://10.0.0.1:26379".into(),
+                "redis://10.0.0.2:26379".into()
+            ],
+            master_name: "mymaster".into(),
+            db: 0
+        }
+    );
+    let errs = Config::parse(&format!(
+        "{base}[l2]\nurl = \"redis://x\"\ncluster = [\"redis://y\"]\nlease = \"1s\"\nlease_wait = \"2s\""
+    ))
+    .unwrap_err()
+    .0
+    .join("\n");
+    assert!(errs.contains("exactly one of"), "{errs}");
+    assert!(errs.contains("l2.lease_wait"), "{errs}");
+    let c = Config::parse_with_env(
+        &format!("{base}[l2]\ncluster = [\"redis://127.0.0.1:7000\"]"),
+        |k| (k == "SIDECACHE_REDIS_PASSWORD").then(|| "s3cret".to_string()),
+    )
+    .unwrap();
+    assert_eq!(c.l2.unwrap().password.as_deref(), Some("s3cret"));
+    assert!(Config::parse(base).unwrap().l2.is_none());
+}
+
+#[test]
+fn rates_and_limits() {
+    assert_eq!(parse_rate("10/s").unwrap(), (10, Duration::from_secs(1)));
+    assert_eq!(
+        parse_rate("100/min").unwrap(),
+        (100, Duration::from_secs(60))
+    );
+    assert!(parse_rate("ten").unwrap_err().contains("not a rate"));
+    assert!(parse_rate("ten/s").is_err());
+    assert!(parse_rate("0/s").is_err());
+    assert!(parse_rate("5/fortnight").is_err());
+    let errs = Config::parse(
+        r#"
+        [upstream]
+        url = "http://127.0.0.1:1"
+        [[limit]]
+        match = "POST /api/orders/{account}"
+        key = ["header:x-user-id", "param:{nope}"]
+        rate = "ten"
+        mode = "maybe"
+        [[limit]]
+        route = "missing"
+        key = "ip"
+        rate = "1/s"
+        "#,
+    )
+    .unwrap_err()
+    .0
+    .join("\n");
+    for needle in [
+        "limit[0] (limit0).rate",
+        "limit[0] (limit0).key",
+        "limit[0] (limit0).mode",
+        "limit[1] (limit1).route",
+    ] {
+        assert!(errs.contains(needle), "{needle} missing in {errs}");
+    }
+}
+
+#[test]
+fn env_overrides_file() {
+    let c = Config::parse_with_env(EMBEDDED, |k| match k {
+        ENV_UPSTREAM_URL => Some("http://10.1.2.3:81".into()),
+        ENV_LISTEN_PROXY => Some("127.0.0.1:18080".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(c.upstream.url.authority().unwrap().as_str(), "10.1.2.3:81");
+    assert_eq!(c.listen.proxy.port(), 18080);
+}
+
+#[test]
+fn max_connections_is_a_positive_count_with_a_derived_default() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n";
+    let c = Config::parse(base).unwrap();
+    assert!(
+        c.listen.max_connections >= 16,
+        "{}",
+        c.listen.max_connections
+    );
+    let c = Config::parse(&format!("[listen]\nmax_connections = 2\n{base}")).unwrap();
+    assert_eq!(c.listen.max_connections, 2);
+    let errs = Config::parse(&format!("[listen]\nmax_connections = 0\n{base}"))
+        .unwrap_err()
+        .0
+        .join("\n");
+    assert!(
+        errs.contains("listen.max_connections: must be at least 1"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn a_type_error_hides_nothing_else() {
+    let errs = Config::parse(
+        r#"
+        [upstream]
+        url = "http://127.0.0.1:1"
+        timeout = 5
+        pool_max_idle = "many"
+        connect_timeout = "soon"
+        [l2]
+        url = 6379
+        prefix = "has space"
+        [[route]]
+        name = "a"
+        match = "GET /a/{id}"
+        ttl = 5
+        scope = "everyone"
+        [[route]]
+        name = "b"
+        ttl = "60s"
+        [[event]]
+        channel = ["x"]
+        tags = ["user:{id}"]
+        "#,
+    )
+    .unwrap_err()
+    .0;
+    let all = errs.join("\n");
+    for needle in [
+        // Each bad key on its own line, named by its key...
+        "upstream.timeout: invalid type: integer `5`, expected a string",
+        "upstream.pool_max_idle: invalid type: string",
+        "route[0].ttl: invalid type: integer `5`, expected a string",
+        "l2.url: invalid type: integer",
+        "event[0].channel: invalid type: sequence",
+        // ...and the rest of the same tables is still checked.
+        "upstream.connect_timeout",
+        "l2.prefix",
+        "route[0] (a).scope",
+        "route[1] (b).match: required",
+    ] {
+        assert!(all.contains(needle), "missing {needle} in:\n{all}");
+    }
+    // A key that is there but wrong is not also "required" (or "give exactly one of").
+    for false_claim in [
+        "ttl: required",
+        "upstream.timeout: must be",
+        "l2: give exactly one",
+        "event[0]: give exactly one",
+    ] {
+        assert!(
+            !all.contains(false_claim),
+            "false {false_claim:?} in:\n{all}"
+        );
+    }
+    assert_eq!(errs.len(), 9, "{all}");
+}

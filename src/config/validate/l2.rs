@@ -1,0 +1,145 @@
+//! `[l2]` and `[l2.sentinel]`: which Redis holds the shared tier.
+
+use super::{check, duration};
+use crate::config::{file, redact_url, L2Config, RedisTarget};
+
+fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
+    use redis::IntoConnectionInfo;
+    if text.starts_with("rediss://") {
+        e.push(format!(
+            "{key}: `rediss://` (TLS) is not built into this binary; terminate TLS in the mesh or use redis://"
+        ));
+    } else if let Err(err) = text.into_connection_info() {
+        let shown = redact_url(text);
+        e.push(format!("{key}: `{shown}` is not a Redis URL: {err}"));
+    }
+}
+
+/// `redis+sentinel://host:port,host:port/master_name[/db]`.
+fn sentinel_url(url: &str) -> Result<RedisTarget, String> {
+    // Errors show the URL without its password.
+    let text = redact_url(url);
+    let rest = url
+        .strip_prefix("redis+sentinel://")
+        .ok_or_else(|| format!("`{text}` is not a redis+sentinel:// URL"))?;
+    let (hosts, path) = rest.split_once('/').ok_or_else(|| {
+        format!("`{text}`: write redis+sentinel://host:port,host:port/master_name")
+    })?;
+    let mut path = path.split('/');
+    let master_name = path
+        .next()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| format!("`{text}`: the master name is missing after the hosts"))?;
+    let db = match path.next() {
+        None | Some("") => 0,
+        Some(d) => d
+            .parse()
+            .map_err(|_| format!("`{text}`: `{d}` is not a database number"))?,
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(format!("`{text}`: no sentinel hosts"));
+    }
+    Ok(RedisTarget::Sentinel {
+        nodes,
+        master_name: master_name.to_string(),
+        db,
+    })
+}
+
+pub(super) fn validate(
+    f: file::L2File,
+    env: &impl Fn(&str) -> Option<String>,
+    e: &mut Vec<String>,
+) -> L2Config {
+    let given = [f.url.is_some(), f.cluster.is_some(), f.sentinel.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given != 1 {
+        e.push("l2: give exactly one of `url`, `cluster` or `[l2.sentinel]`".into());
+    }
+    let target = if let Some(url) = f.url {
+        if url.starts_with("redis+sentinel://") {
+            check(
+                e,
+                "l2.url",
+                sentinel_url(&url),
+                RedisTarget::Cluster(Vec::new()),
+            )
+        } else {
+            redis_url(e, "l2.url", &url);
+            RedisTarget::Standalone(url)
+        }
+    } else if let Some(nodes) = f.cluster {
+        if nodes.is_empty() {
+            e.push("l2.cluster: list at least one node".into());
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            redis_url(e, &format!("l2.cluster[{i}]"), n);
+        }
+        RedisTarget::Cluster(nodes)
+    } else if let Some(s) = f.sentinel {
+        let nodes = s.nodes.unwrap_or_default();
+        if nodes.is_empty() {
+            e.push("l2.sentinel.nodes: list at least one sentinel".into());
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            redis_url(e, &format!("l2.sentinel.nodes[{i}]"), n);
+        }
+        let master_name = s.master_name.unwrap_or_else(|| {
+            e.push("l2.sentinel.master_name: required".into());
+            String::new()
+        });
+        RedisTarget::Sentinel {
+            nodes,
+            master_name,
+            db: s.db.unwrap_or(0),
+        }
+    } else {
+        RedisTarget::Cluster(Vec::new())
+    };
+    let prefix = f.prefix.unwrap_or_else(|| "sidecache".into());
+    if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
+        e.push(format!(
+            "l2.prefix: `{prefix}` must be non-empty, without braces or spaces"
+        ));
+    }
+    let username_env = f
+        .username_env
+        .unwrap_or_else(|| "SIDECACHE_REDIS_USERNAME".into());
+    let password_env = f
+        .password_env
+        .unwrap_or_else(|| "SIDECACHE_REDIS_PASSWORD".into());
+    let lease = duration(e, "l2.lease", f.lease, "2s");
+    let lease_wait = duration(e, "l2.lease_wait", f.lease_wait, "500ms");
+    if lease_wait > lease {
+        e.push("l2.lease_wait: must not exceed l2.lease".into());
+    }
+    let timeout = duration(e, "l2.timeout", f.timeout, "50ms");
+    if timeout.is_zero() {
+        e.push("l2.timeout: must be greater than zero".into());
+    }
+    let breaker_failures = f.breaker_failures.unwrap_or(5);
+    if breaker_failures == 0 {
+        // Zero would mean "open before the first failure": a breaker that never lets a call
+        // through. Refused rather than silently raised to 1, so the file says what runs.
+        e.push("l2.breaker_failures: must be at least 1".into());
+    }
+    L2Config {
+        target,
+        timeout,
+        connect_timeout: duration(e, "l2.connect_timeout", f.connect_timeout, "500ms"),
+        prefix,
+        username: env(&username_env).filter(|v| !v.is_empty()),
+        password: env(&password_env).filter(|v| !v.is_empty()),
+        lease,
+        lease_wait,
+        breaker_failures,
+        breaker_open: duration(e, "l2.breaker_open", f.breaker_open, "1s"),
+    }
+}

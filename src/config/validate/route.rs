@@ -1,0 +1,168 @@
+//! `[[route]]`: the cached read endpoints.
+
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{HeaderValue, Method};
+
+use super::check;
+use crate::config::{
+    file, units, MatchTemplate, RouteConfig, Scope, Template, RESERVED_ROUTE_NAME,
+};
+
+pub(super) fn validate_all(rules: Vec<file::RouteFile>, e: &mut Vec<String>) -> Vec<RouteConfig> {
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for (i, r) in rules.into_iter().enumerate() {
+        if let Some(route) = validate_route(i, r, e) {
+            if routes.iter().any(|x| x.name == route.name) {
+                e.push(format!("route[{i}].name: `{}` is used twice", route.name));
+            }
+            routes.push(route);
+        }
+    }
+    routes
+}
+
+fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<RouteConfig> {
+    let name = match r.name {
+        Some(n)
+            if !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
+            n
+        }
+        Some(n) => {
+            e.push(format!(
+                "route[{i}].name: `{n}` must be non-empty letters, digits, `_` or `-` (it is a metric label)"
+            ));
+            format!("route{i}")
+        }
+        None => {
+            e.push(format!("route[{i}].name: required"));
+            format!("route{i}")
+        }
+    };
+    if name == RESERVED_ROUTE_NAME {
+        e.push(format!(
+            "route[{i}].name: `{name}` is reserved for unrouted traffic in metrics"
+        ));
+    }
+    let at = format!("route[{i}] ({name})");
+    let before = e.len();
+
+    let matcher = match r.match_ {
+        Some(m) => match MatchTemplate::parse(&m) {
+            Ok(t) if t.method == Method::GET => Some(t),
+            Ok(t) => {
+                e.push(format!(
+                    "{at}.match: only GET routes are cached, not {} (writes belong in [[invalidate]])",
+                    t.method
+                ));
+                None
+            }
+            Err(msg) => {
+                e.push(format!("{at}.match: {msg}"));
+                None
+            }
+        },
+        None => {
+            e.push(format!(
+                "{at}.match: required, e.g. \"GET /api/items/{{id}}\""
+            ));
+            None
+        }
+    };
+    let ttl = match r.ttl {
+        Some(t) => check(
+            e,
+            &format!("{at}.ttl"),
+            units::parse_duration(&t),
+            Duration::ZERO,
+        ),
+        None => {
+            e.push(format!("{at}.ttl: required, e.g. \"60s\""));
+            Duration::ZERO
+        }
+    };
+    if ttl.is_zero() && e.len() == before {
+        e.push(format!("{at}.ttl: must be greater than zero"));
+    }
+    let scope = match r.scope.as_deref() {
+        None | Some("shared") => Scope::Shared,
+        Some("identity") => Scope::Identity,
+        Some(other) => {
+            e.push(format!(
+                "{at}.scope: `{other}` is not \"shared\" or \"identity\""
+            ));
+            Scope::Shared
+        }
+    };
+    let identity_header = header_name(
+        e,
+        &format!("{at}.identity_header"),
+        r.identity_header.as_deref().unwrap_or("authorization"),
+    );
+    let mut tags = Vec::new();
+    for (j, text) in r.tags.unwrap_or_default().iter().enumerate() {
+        match Template::parse(text) {
+            Ok(t) => {
+                if let Some(m) = &matcher {
+                    for f in t.fields() {
+                        if !m.params.iter().any(|p| p == f) {
+                            e.push(format!(
+                                "{at}.tags[{j}]: `{{{f}}}` is not a parameter of `{}`",
+                                m.text
+                            ));
+                        }
+                    }
+                }
+                tags.push(t);
+            }
+            Err(msg) => e.push(format!("{at}.tags[{j}]: {msg}")),
+        }
+    }
+    let cache_control = r.cache_control.and_then(|v| {
+        HeaderValue::from_str(&v)
+            .map_err(|_| e.push(format!("{at}.cache_control: not a valid header value")))
+            .ok()
+    });
+    let statuses = r
+        .statuses
+        .unwrap_or_else(|| vec![200, 203, 204, 300, 301, 308]);
+    for s in &statuses {
+        if !(200..400).contains(s) {
+            e.push(format!("{at}.statuses: {s} is not a 2xx or 3xx status"));
+        }
+    }
+    let vary = r
+        .vary
+        .unwrap_or_default()
+        .iter()
+        .map(|h| header_name(e, &format!("{at}.vary"), h))
+        .collect();
+
+    Some(RouteConfig {
+        name,
+        matcher: matcher?,
+        ttl,
+        scope,
+        identity_header,
+        tags,
+        honor_upstream: r.honor_upstream.unwrap_or(true),
+        cache_control,
+        statuses,
+        vary,
+        ignore_query: r.ignore_query.unwrap_or_default(),
+    })
+}
+
+pub(super) fn header_name(e: &mut Vec<String>, key: &str, text: &str) -> HeaderName {
+    check(
+        e,
+        key,
+        HeaderName::from_bytes(text.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("`{text}` is not a header name")),
+        HeaderName::from_static("x-invalid"),
+    )
+}
