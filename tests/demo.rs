@@ -1,6 +1,7 @@
 //! `sidecache demo` does what it tells a new user to try: every step of its printed script,
 //! sent as the same requests to a real demo (the embedded default config and the example
-//! backend, on free ports), has the outcome the script promises.
+//! backend, on free ports), has the outcome the script promises; and after that traffic the
+//! admin status page's numbers are those of `/metrics`.
 
 mod support;
 
@@ -12,7 +13,7 @@ use sidecache::config::{Config, EMBEDDED};
 use sidecache::demo::backend::group_etag;
 use sidecache::demo::script::{self, Call};
 use sidecache::demo::Demo;
-use support::{client, send, Resp};
+use support::{client, metric, send, Resp};
 
 async fn start_demo() -> Demo {
     let mut config = Config::parse(EMBEDDED).unwrap();
@@ -129,4 +130,84 @@ async fn every_step_of_the_printed_script_does_what_it_says() {
         seen.insert(step.name, responses.len());
     }
     assert_eq!(seen.len(), 5, "{seen:?}");
+}
+
+/// The status page and its JSON: served without a token, self-contained, and the same numbers
+/// as `/metrics` after the demo's traffic. (`scripts/admin_page_check.py` checks the page as a
+/// browser renders it.)
+#[tokio::test]
+async fn the_status_page_shows_what_metrics_shows() {
+    let demo = start_demo().await;
+    for step in script::steps() {
+        for call in &step.calls {
+            run(&demo, call).await;
+        }
+    }
+    let client = client();
+    let admin = demo.running.admin_addr;
+    let get = |path: &'static str| send(&client, admin, Method::GET, path, &[], Bytes::new());
+    let page = get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(page
+        .header("content-security-policy")
+        .contains("default-src 'none'"));
+    assert!(page.text().contains("status.json"));
+    for external in ["http://", "https://", "src=\"//", "<link"] {
+        assert!(
+            !page.text().contains(external),
+            "the page refers to {external}"
+        );
+    }
+    let status = json(&get("/status.json").await);
+    let metrics = get("/metrics").await.text().to_string();
+    let routes = status["routes"].as_array().unwrap();
+    let names: Vec<&str> = routes
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "group",
+            "group_symbols",
+            "balance",
+            "account",
+            "price",
+            "none"
+        ]
+    );
+    for r in routes {
+        let route = r["route"].as_str().unwrap();
+        assert_eq!(
+            r["requests"].as_f64().unwrap(),
+            metric(&metrics, "sidecache_requests_total", &[("route", route)]),
+            "{route}"
+        );
+    }
+    assert!(routes[0]["hit_ratio_l1"].as_f64().unwrap() > 0.0);
+    assert!(routes[0]["p99_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        status["l1"]["entries"].as_f64().unwrap(),
+        metric(&metrics, "sidecache_l1_entries", &[])
+    );
+    let denied = &[("rule", "prices"), ("outcome", "denied")];
+    assert_eq!(
+        status["ratelimit"][0]["denied"].as_f64().unwrap(),
+        metric(&metrics, "sidecache_ratelimit_decisions_total", denied)
+    );
+    assert!(status["ratelimit"][0]["denied"].as_f64().unwrap() >= 1.0);
+    assert_eq!(
+        status["invalidations"]["by_source"]["write"]
+            .as_f64()
+            .unwrap(),
+        metric(
+            &metrics,
+            "sidecache_invalidations_total",
+            &[("source", "write")]
+        )
+    );
+    assert_eq!(status["config"]["valid"], true);
+    assert_eq!(status["l2"]["configured"], false);
+    assert!(status["process"]["open_fds"].as_f64().unwrap() > 0.0);
 }
