@@ -287,7 +287,9 @@ impl Metrics {
         // from /proc at scrape time only, so they cost the request path nothing.
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("process metrics register once per registry");
 
         Metrics {
