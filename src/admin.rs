@@ -1,6 +1,8 @@
 //! The admin listener, on its own port so that probes and scrapes never queue behind proxied
 //! traffic:
 //!
+//! - `GET /`: the status page for people (see [`status`]); `GET /status.json`: its numbers,
+//!   read from the registry `/metrics` renders. Read-only, no token, nothing secret.
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: the proxy accepts traffic (never depends on Redis or the upstream).
 //! - `GET /metrics`: Prometheus text.
@@ -10,6 +12,8 @@
 //! - `GET /admin/cache/explain?url=...`: route, key, scope, tags, which tier holds it, age,
 //!   TTL left, and why it would not be cached. The admin request's own headers stand in for
 //!   the caller's (send `Authorization` to explain an identity-scoped URL).
+
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,9 +94,26 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }
+            (Method::GET | Method::HEAD, "/") => {
+                let mut resp = Response::new(Body::full(status::PAGE));
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                // Everything the page needs is inline; it may fetch only from this listener.
+                h.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                    ),
+                );
+                resp
+            }
+            (Method::GET, "/status.json") => self.status(),
             (Method::GET, "/metrics") => {
-                let (entries, bytes) = self.l1.usage();
-                self.metrics.set_l1_usage(entries, bytes);
+                self.refresh_l1_usage();
                 let mut resp = Response::new(Body::full(self.metrics.render()));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -105,7 +126,9 @@ impl Admin {
             (Method::GET, "/admin/cache/explain") => self.explain(&req).await,
             (
                 _,
-                "/healthz"
+                "/"
+                | "/status.json"
+                | "/healthz"
                 | "/readyz"
                 | "/metrics"
                 | "/admin/purge"
@@ -114,6 +137,38 @@ impl Admin {
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    /// The L1 gauges are set when read (here, not on the hit path).
+    fn refresh_l1_usage(&self) {
+        let (entries, bytes) = self.l1.usage();
+        self.metrics.set_l1_usage(entries, bytes);
+    }
+
+    fn status(&self) -> Response<Body> {
+        self.refresh_l1_usage();
+        let proxy = self.proxy.load();
+        let ctx = status::Context {
+            pod: self.invalidator.pod(),
+            ready: self.health.is_ready(),
+            l1_degraded: self.l1.is_degraded(),
+            l2_configured: self.invalidator.l2().is_some(),
+            routes: proxy
+                .router()
+                .routes()
+                .iter()
+                .map(|r| status::RouteInfo {
+                    name: &r.config.name,
+                    matches: &r.config.matcher.text,
+                    scope: r.config.scope.as_str(),
+                    ttl_seconds: r.config.ttl.as_secs(),
+                })
+                .collect(),
+        };
+        json_response(
+            StatusCode::OK,
+            status::snapshot(self.metrics.gather(), &ctx),
+        )
     }
 
     /// `None` when the request carries the admin token, else the refusal to send.

@@ -24,6 +24,7 @@
 //! - [`warmup`]: fetching configured paths through the proxy at start.
 //! - [`reload`]: config reload on file change or SIGHUP, swapping the proxy atomically.
 //! - [`app`]: wiring and the start/stop order.
+//! - [`demo`]: `sidecache demo`, the proxy plus an example backend (outside the data path).
 //!
 //! # The life of a request
 //!
@@ -38,6 +39,7 @@ pub mod app;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod invalidate;
 pub mod limit;

@@ -1,4 +1,5 @@
-//! The `sidecache` command: `sidecache [--config FILE]` runs, `sidecache check` validates.
+//! The `sidecache` command: `sidecache [--config FILE]` runs, `sidecache check` validates,
+//! `sidecache demo` runs with an example backend and prints what to try.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sidecache::app::App;
 use sidecache::config::{Config, LogFormat};
+use sidecache::demo::Demo;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,8 @@ enum Command {
     Run,
     /// Validate the config, print every problem, and exit non-zero if there is any.
     Check,
+    /// Run the proxy with an example backend on the upstream address, and print requests to try.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Demo) = cli.command {
+        return runtime.block_on(demo(config));
+    }
     runtime.block_on(async {
         let app = App::build(config);
         let app = match cli.config {
@@ -93,4 +100,19 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `sidecache demo`: no config reload (the demo is for trying, not for running).
+async fn demo(config: Config) -> ExitCode {
+    match Demo::start(config).await {
+        Ok(demo) => {
+            println!("{}", demo.script());
+            demo.running.run_until_signal().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sidecache demo: cannot listen: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -309,6 +309,14 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // The standard `process_*` families (CPU, RSS, open and max fds, start time), read
+        // from /proc at scrape time only, so they cost the request path nothing.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics register once per registry");
 
         Metrics {
             registry,
@@ -505,6 +513,12 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// Every family as `/metrics` renders it (for the admin status page, which must show the
+    /// same numbers).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The Prometheus text exposition of every family.
