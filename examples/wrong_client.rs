@@ -38,7 +38,7 @@ async fn main() {
                     late: Duration::from_millis(5),
                     spread: false,
                 },
-                "early" => Mode::EarlyAnswer,
+                "early" => Mode::EarlyAnswer(401),
                 other => panic!("unknown mode {other:?}"),
             };
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", arg(1).parse().unwrap()))

@@ -140,7 +140,7 @@ async fn late_duplicates_that_arrive_while_idle_are_never_read_as_an_answer() {
 
 #[tokio::test]
 async fn an_answer_to_a_request_with_content_never_lets_a_smuggled_answer_through() {
-    let (origin, sc) = start(Mode::EarlyAnswer).await;
+    let (origin, sc) = start(Mode::EarlyAnswer(401)).await;
     const SMUGGLED: &[u8] =
         b"GET /smuggled HTTP/1.1\r\nx-request-id: smuggled\r\nauthorization: evil\r\n\r\n";
     for i in 0..30 {
@@ -160,6 +160,39 @@ async fn an_answer_to_a_request_with_content_never_lets_a_smuggled_answer_throug
     }
     // The origin did answer the smuggled requests: none of those answers was delivered.
     assert!(origin.strays() > 0);
+}
+
+/// A body shaped like half a request head, answered 200 or 302 without being read: the
+/// upstream then sends nothing and waits for the rest of "its" request. Whatever comes next on
+/// that connection would complete it, and get the smuggled request's answer; a fill would
+/// store it for every caller. No check of the socket can see it: the connection must go.
+#[tokio::test]
+async fn a_half_request_in_an_ignored_body_never_captures_the_next_request() {
+    const HALF: &[u8] = b"GET /api/users/42/balance HTTP/1.1\r\nx-request-id: smuggled\r\nauthorization: victim\r\nx-pad: ";
+    for status in [200, 302] {
+        let (origin, sc) = start(Mode::EarlyAnswer(status)).await;
+        for i in 0..10 {
+            let id = format!("post-{i}");
+            let got = ask(&sc, Method::POST, "/api/orders", &id, "mallory", HALF)
+                .await
+                .unwrap();
+            assert_eq!(got.status, status, "{got:?}");
+            // After the fill's quiet period, so that only rule 1 can keep it off that
+            // connection.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let id = format!("fill-{i}");
+            let path = format!("/api/users/{i}/balance");
+            let got = get(&sc, &path, &id, "alice").await;
+            assert_eq!(
+                (got.status, got.id.as_str(), got.path.as_str()),
+                (200, id.as_str(), path.as_str()),
+                "{got:?}"
+            );
+            let got = get(&sc, &format!("/pass/{i}"), &format!("pass-{i}"), "bob").await;
+            assert_eq!(got.id, format!("pass-{i}"), "{got:?}");
+        }
+        drop(origin);
+    }
 }
 
 #[tokio::test]

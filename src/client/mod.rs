@@ -143,13 +143,6 @@ struct Failure {
     nothing_received: bool,
 }
 
-/// A final response head, and whether the request before it went out whole.
-struct Answered {
-    head: ResponseHead,
-    /// The whole request (head and body) was written before the answer's head arrived.
-    request_complete: bool,
-}
-
 impl Client {
     pub fn new(config: ClientConfig) -> Client {
         let pool = Arc::new(Pool::new(
@@ -282,7 +275,8 @@ impl Client {
                 .await;
                 match answer {
                     Ok(answer) => {
-                        let has_content = framing != RequestFraming::Empty;
+                        let has_content =
+                            !matches!(framing, RequestFraming::Empty | RequestFraming::Length(0));
                         return Ok(self.response(conn, answer, has_content));
                     }
                     Err(f) if reused && replayable && f.nothing_received => {
@@ -298,14 +292,10 @@ impl Client {
     fn response(
         &self,
         mut conn: Conn,
-        answer: Answered,
+        head: ResponseHead,
         has_content: bool,
     ) -> Response<UpstreamBody> {
-        let Answered {
-            head,
-            request_complete,
-        } = answer;
-        let reusable = pool::may_reuse(&head, request_complete, has_content);
+        let reusable = pool::may_reuse(&head, has_content);
         let body = match head.framing {
             Framing::Empty => Some(Bytes::new()),
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
@@ -384,7 +374,7 @@ async fn exchange<B>(
     method: &Method,
     headers: &mut HeaderMap,
     config: &ClientConfig,
-) -> Result<Answered, Failure>
+) -> Result<ResponseHead, Failure>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -401,12 +391,7 @@ where
     if framing != RequestFraming::Empty && !body.is_end_stream() {
         match upload(io, buf, framing, body.as_mut(), method, headers, config).await? {
             Uploaded::Complete => {}
-            Uploaded::Answered(head) => {
-                return Ok(Answered {
-                    head,
-                    request_complete: false,
-                })
-            }
+            Uploaded::Answered(head) => return Ok(head),
             // The upstream closed or broke while the body went out: what it said, if
             // anything, is read below; the connection is not reused.
             Uploaded::Broken => request_complete = false,
@@ -418,12 +403,7 @@ where
     }
     loop {
         match parse_final(buf, method, headers) {
-            Ok(Some(head)) => {
-                return Ok(Answered {
-                    head,
-                    request_complete,
-                })
-            }
+            Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(error) => {
                 return Err(Failure {
@@ -518,7 +498,13 @@ where
 {
     let (reader, mut writer) = io.split();
     let reader: &TcpStream = reader.as_ref();
-    let mut send = std::pin::pin!(send_body(&mut writer, framing, body, config.body_timeout));
+    let mut send = std::pin::pin!(send_body(
+        &mut writer,
+        framing,
+        body,
+        config.body_timeout,
+        config.timeout
+    ));
     poll_fn(|cx| {
         if let Poll::Ready(sent) = send.as_mut().poll(cx) {
             return Poll::Ready(match sent {
@@ -528,6 +514,10 @@ where
                     nothing_received: false,
                 }),
                 Err(BodyFailure::Upstream) => Ok(Uploaded::Broken),
+                Err(BodyFailure::UpstreamStalled) => Err(Failure {
+                    error: ProxyError::UpstreamTimeout,
+                    nothing_received: false,
+                }),
             });
         }
         loop {
@@ -555,13 +545,19 @@ enum BodyFailure {
     Client(ProxyError),
     /// Writing to the upstream failed.
     Upstream,
+    /// The upstream took nothing of the body for `timeout`.
+    UpstreamStalled,
 }
 
+/// Sends the body: each piece must come from the client within `idle`, and be taken by the
+/// upstream within `stall` (an upstream that neither reads nor answers would otherwise hold
+/// the request, its connection and the client's forever).
 async fn send_body<B, W>(
     w: &mut W,
     framing: RequestFraming,
     mut body: Pin<&mut B>,
     idle: Duration,
+    stall: Duration,
 ) -> Result<(), BodyFailure>
 where
     B: HttpBody<Data = Bytes>,
@@ -581,24 +577,33 @@ where
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };
-        let written = if framing == RequestFraming::Chunked {
+        let piece: &[u8] = if framing == RequestFraming::Chunked {
             if data.is_empty() {
                 continue; // an empty chunk would end the body
             }
             out.clear();
             wire::encode_chunk(&mut out, &data);
-            w.write_all(&out).await
+            &out
         } else {
-            w.write_all(&data).await
+            &data
         };
-        written.map_err(|_| BodyFailure::Upstream)?;
+        write_within(w, piece, stall).await?;
     }
     if framing == RequestFraming::Chunked {
-        w.write_all(wire::LAST_CHUNK)
-            .await
-            .map_err(|_| BodyFailure::Upstream)?;
+        write_within(w, wire::LAST_CHUNK, stall).await?;
     }
     Ok(())
+}
+
+async fn write_within<W>(w: &mut W, bytes: &[u8], stall: Duration) -> Result<(), BodyFailure>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(stall, w.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(BodyFailure::Upstream),
+        Err(_) => Err(BodyFailure::UpstreamStalled),
+    }
 }
 
 impl Conn {

@@ -2,12 +2,18 @@
 //! rule that keeps a stray answer from reaching the wrong request lives here; each says which
 //! attack (seen with a raw-socket origin, `tests/upstream_adversarial.rs`) it stops:
 //!
-//! 1. **Only a complete request.** An answer that arrived before the request body was all
-//!    sent closes the connection ([`may_reuse`]): the upstream may read the unsent rest, or
-//!    the rest it had not read yet, as a request of its own and answer it later.
-//! 2. **An error answer to a request with content closes it** ([`may_reuse`]): a server
-//!    that answers 401/413/5xx often has not read the content, and a body whose bytes form a
-//!    request is then parsed as one (the "smuggled GET in a POST body" case).
+//! 1. **Never after a request with content** ([`may_reuse`]): whatever the answer, its
+//!    upstream may not have read the body (a 401, a 302 from a redirect middleware, a 200 from
+//!    a handler that ignores it), and would then read it as requests of its own. A body
+//!    shaped like a whole request is answered later (a stray); one shaped like half a request
+//!    head sends nothing at all, waits silently through every check below, and takes the
+//!    next request's head as the rest of its own: that request (a fill, stored and served to
+//!    every caller) then gets the smuggled request's answer. Only bodiless requests (and
+//!    `Content-Length: 0`) leave a connection reusable; writes are a minority of a sidecar's
+//!    traffic, and pay one connect each. (An answer that comes before the body is all sent
+//!    also stops the upload: see `client::upload`.)
+//! 2. (Merged into 1: "an error answer to a request with content" was the first case found;
+//!    a 200 or 302 that ignores a half request proved it too narrow.)
 //! 3. **Only a definitely framed answer, read to its end** ([`may_reuse`], and
 //!    [`Pool::release`] called only when a body ended): never after a close-delimited body,
 //!    a `Connection: close`, an HTTP/1.0 answer without keep-alive, a `101`, a framing
@@ -55,12 +61,10 @@ pub(super) enum Checkout {
 }
 
 /// Whether the connection may carry another request once this answer's body is read
-/// (rules 1-3; rule 4 is checked when the body has ended).
-pub(super) fn may_reuse(head: &ResponseHead, request_complete: bool, had_content: bool) -> bool {
-    head.keep_alive
-        && request_complete
-        && head.framing != Framing::Close
-        && !(had_content && head.status.as_u16() >= 400)
+/// (rules 1 and 3; rule 4 is checked when the body has ended). `had_content`: the request
+/// carried body bytes.
+pub(super) fn may_reuse(head: &ResponseHead, had_content: bool) -> bool {
+    head.keep_alive && !had_content && head.framing != Framing::Close
 }
 
 impl Pool {

@@ -344,8 +344,9 @@ fn an_encoded_request_holds_nothing_of_the_head() {
     );
 }
 
-/// An upstream that answers as soon as it has a request's head and then reads nothing more.
-async fn early_answerer(answer: &'static str) -> u16 {
+/// An upstream that answers as soon as it has a request's head (never, for `None`) and then
+/// reads nothing more.
+async fn early_answerer(answer: Option<&'static str>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -359,7 +360,9 @@ async fn early_answerer(answer: &'static str) -> u16 {
                     }
                     head.push(byte[0]);
                 }
-                sock.write_all(answer.as_bytes()).await.unwrap();
+                if let Some(answer) = answer {
+                    sock.write_all(answer.as_bytes()).await.unwrap();
+                }
                 // Holds the connection open without reading: the body fills the buffers.
                 tokio::time::sleep(Duration::from_secs(30)).await;
             });
@@ -370,7 +373,10 @@ async fn early_answerer(answer: &'static str) -> u16 {
 
 #[tokio::test]
 async fn an_answer_before_the_body_is_sent_stops_the_upload_and_closes_the_connection() {
-    let port = early_answerer("HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig").await;
+    let port = early_answerer(Some(
+        "HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig",
+    ))
+    .await;
     let c = with_timeout(port, Duration::from_secs(10));
     // Far more than the socket buffers hold: without watching for the answer, the write
     // would wait for the upstream until the timeout.
@@ -418,9 +424,9 @@ async fn a_request_body_that_stalls_is_the_clients_timeout() {
 }
 
 #[tokio::test]
-async fn an_error_answer_to_a_request_with_content_closes_the_connection() {
+async fn any_answer_to_a_request_with_content_closes_the_connection() {
     let up = upstream(vec![Script::Answer(
-        "HTTP/1.1 401 No\r\nContent-Length: 2\r\n\r\nno",
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
     )])
     .await;
     let c = client(up.port);
@@ -430,9 +436,16 @@ async fn an_error_answer_to_a_request_with_content_closes_the_connection() {
         .unwrap();
     assert_eq!(text(c.send(post).await.unwrap()).await, "no");
     assert_eq!(c.pool.idle(), 0);
-    // Without content, the same answer leaves the connection reusable.
+    // An empty body is no content: the connection stays.
+    let post = Request::post("/p")
+        .header("host", "upstream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(text(c.send(post).await.unwrap()).await, "no");
+    // A GET reuses it.
     assert_eq!(text(c.send(get("/g")).await.unwrap()).await, "no");
     assert_eq!(c.pool.idle(), 1);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -484,4 +497,21 @@ async fn an_idle_connection_that_turned_readable_is_never_used() {
     // Its stray answer is not read as this request's: a new connection carries it.
     assert_eq!(text(c.send(get("/2")).await.unwrap()).await, "hello");
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_that_neither_reads_the_body_nor_answers_is_a_timeout() {
+    let port = early_answerer(None).await;
+    let c = with_timeout(port, Duration::from_millis(300));
+    let body = Full::new(Bytes::from(vec![b'x'; 64 << 20]));
+    let req = Request::post("/upload")
+        .header("host", "upstream")
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    match c.send(req).await {
+        Err(ProxyError::UpstreamTimeout) => {}
+        other => panic!("expected a timeout, got {:?}", other.map(|r| r.status())),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

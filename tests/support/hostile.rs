@@ -29,9 +29,10 @@ pub enum Mode {
     },
     /// Every answer is followed, in the same write, by a second copy.
     SurplusSameSegment,
-    /// A request with a body is answered `401` as soon as its head is read; its body is then
-    /// read as the next request (a server that never reads the content of what it refuses).
-    EarlyAnswer,
+    /// A request with a body is answered with this status as soon as its head is read; its
+    /// body is then read as the next request (a server that never reads the content of what
+    /// it refuses, redirects or ignores).
+    EarlyAnswer(u16),
     /// `HEAD`, `/status/204` and `/status/304` get a body the framing has no place for: in the
     /// same write, or `late` after it.
     StrayBody { late: Option<Duration> },
@@ -153,9 +154,9 @@ async fn connection(sock: TcpStream, mode: Mode, stats: Arc<Stats>) {
         };
         let Some((seen, length)) = head else { return };
         let n = stats.requests.fetch_add(1, Ordering::SeqCst);
-        if mode == Mode::EarlyAnswer && length > 0 {
-            // Refused without reading the content: whatever it holds is read as requests.
-            let refusal = answer(401, &[], &seen.body());
+        if let (Mode::EarlyAnswer(status), true) = (mode, length > 0) {
+            // Answered without reading the content: whatever it holds is read as requests.
+            let refusal = answer(status, &[], &seen.body());
             if wr.lock().await.write_all(&refusal).await.is_err() {
                 return;
             }
@@ -195,7 +196,7 @@ async fn respond(
     };
     let mut w = wr.lock().await;
     let written = match mode {
-        Mode::Honest | Mode::EarlyAnswer | Mode::Unsolicited408(_) => w.write_all(&plain).await,
+        Mode::Honest | Mode::EarlyAnswer(_) | Mode::Unsolicited408(_) => w.write_all(&plain).await,
         Mode::LateDuplicate {
             every,
             late,
