@@ -612,3 +612,48 @@ tags = ["group:{{group}}:{{symbol}}"]
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_write_whose_caller_goes_away_still_invalidates() {
+    use tokio::io::AsyncWriteExt;
+    // The write commits, then answers after the caller has given up and closed.
+    let origin = Origin::start(|r| match r.method {
+        Method::PUT => Reply::json("{}").delay(Duration::from_millis(300)),
+        _ => Reply::json(RECORD),
+    })
+    .await;
+    let extra = format!(
+        "{ROUTE_GROUP}\n[[invalidate]]\nmatch = \"PUT /api/superadmin/groups/{{group}}/{{symbol}}\"\ntags = [\"group:{{group}}:{{symbol}}\"]\n"
+    );
+    let sc = Sidecache::start(&origin, &extra).await;
+    let path = "/api/groups/VIP/EURUSD";
+    sc.get(path).await;
+    assert!(sc.get(path).await.header("cache-status").contains("hit"));
+    let mut sock = tokio::net::TcpStream::connect(sc.proxy).await.unwrap();
+    sock.write_all(
+        b"PUT /api/superadmin/groups/VIP/EURUSD HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let forwarded = eventually(Duration::from_secs(5), async || {
+        origin.requests().iter().any(|r| r.method == Method::PUT)
+    })
+    .await;
+    assert!(forwarded);
+    drop(sock);
+    let invalidated = eventually(Duration::from_secs(5), async || {
+        let m = sc.metrics().await;
+        metric(
+            &m,
+            "sidecache_invalidations_total",
+            &[("source", "write_uncertain")],
+        ) == 1.0
+    })
+    .await;
+    assert!(invalidated, "the abandoned write invalidated nothing");
+    let after = sc.get(path).await;
+    assert!(
+        after.header("cache-status").contains("fwd=miss"),
+        "{after:?}"
+    );
+}

@@ -23,9 +23,10 @@
 //! by [`Pool`] (see its doc, one line per attack it stops), are those of nginx's upstream
 //! keepalive and hyper's client: reuse only after a completely written request and a
 //! completely read, definitely framed answer with nothing left over; an idle connection that
-//! turns readable (a byte or the close) is closed at checkout; an answer that came before the
-//! request body was sent, or an error answer to a request with content, closes it; a fill
-//! whose answer will be stored takes a connection that has been quiet a while, or a new one.
+//! turns readable (a byte or the close) is closed at checkout; a request with content never
+//! leaves its connection reusable (its upstream may not have read the body, and would read it
+//! as a request); a fill whose answer will be stored takes a connection that has been quiet a
+//! while, or a new one.
 //!
 //! A request that may be sent twice (idempotent method, no body) is retried once on a new
 //! connection when a reused one fails before any byte of the answer; no other request is

@@ -16,6 +16,7 @@ pub mod forward;
 mod refuse;
 pub mod rescue;
 pub mod respond;
+mod write;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ use crate::client::{Outgoing, UpstreamBody};
 use crate::config::{Config, Scope};
 use crate::error::{ProxyError, Side};
 use crate::invalidate::rules::{Matched, WriteRules};
-use crate::invalidate::{Invalidator, Source, Target};
+use crate::invalidate::Invalidator;
 use crate::limit::{Admit, Limiter};
 use crate::metrics::{Metrics, RouteMetrics, RouteTable};
 use crate::route::{Route, Router};
@@ -352,29 +353,7 @@ impl Proxy {
         let (route, (response, outcome)) = match step {
             Step::Answered(answer) => return answer,
             Step::Pass(out) => return self.pass_through(out).await,
-            Step::Write(out, write) => {
-                let answer = self.pass_through(out).await;
-                let status = answer.response.status().as_u16();
-                let source = match answer.outcome {
-                    // Timed out or broken on the upstream's side: the write may have
-                    // committed, so its tags go as if it had (never serve what it replaced).
-                    CacheOutcome::Error if matches!(status, 502 | 504) => {
-                        Some((Source::WriteUncertain, false))
-                    }
-                    CacheOutcome::Error => None,
-                    _ if write.succeeded(status) => Some((Source::Write, write.refresh())),
-                    _ => None,
-                };
-                if let Some((source, refresh)) = source {
-                    // Before the response leaves: the caller must read its own write afterwards.
-                    let target = Target {
-                        tags: write.tags,
-                        ..Target::default()
-                    };
-                    await_boxed!(self.invalidator.invalidate(target, source, refresh));
-                }
-                return answer;
-            }
+            Step::Write(out, write) => return await_boxed!(self.write(out, write)),
             Step::NoIdentity(route, out) => {
                 let rm = self.routes.get(Some(route));
                 self.metrics
