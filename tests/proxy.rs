@@ -657,3 +657,29 @@ async fn a_write_whose_caller_goes_away_still_invalidates() {
         "{after:?}"
     );
 }
+
+#[tokio::test]
+async fn a_get_with_a_body_is_neither_served_from_nor_stored_in_the_cache() {
+    // The origin's answer depends on the body, which the key does not see.
+    let origin = Origin::start(|r| {
+        Reply::json(format!(
+            r#"{{"body":"{}"}}"#,
+            String::from_utf8_lossy(&r.body)
+        ))
+    })
+    .await;
+    let sc = Sidecache::start(&origin, ROUTE_GROUP).await;
+    let path = "/api/groups/VIP/EURUSD";
+    let with_body = sc.request(Method::GET, path, &[], "x=1").await;
+    assert_eq!(with_body.text(), r#"{"body":"x=1"}"#);
+    assert!(
+        with_body.header("cache-status").contains("request_body"),
+        "{with_body:?}"
+    );
+    let plain = sc.get(path).await;
+    assert_eq!(plain.text(), r#"{"body":""}"#, "{plain:?}");
+    // And a cached entry is not the answer to a request with a body either.
+    let again = sc.request(Method::GET, path, &[], "x=2").await;
+    assert_eq!(again.text(), r#"{"body":"x=2"}"#);
+    assert_eq!(origin.hits(), 3);
+}

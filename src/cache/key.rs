@@ -59,12 +59,11 @@ pub fn derive(
             let mut pairs: Vec<&str> = q
                 .split('&')
                 .filter(|p| !p.is_empty())
-                .filter(|p| {
-                    let name = p.split_once('=').map_or(*p, |(n, _)| n);
-                    !route.ignore_query.iter().any(|i| i == name)
-                })
+                .filter(|p| !route.ignore_query.iter().any(|i| i == name(p)))
                 .collect();
-            pairs.sort_unstable();
+            // By name only, and stable: the values of a repeated name keep their order
+            // (`a=1&a=2` is not `a=2&a=1` to an upstream that takes the first or the last).
+            pairs.sort_by(|a, b| name(a).cmp(name(b)));
             h.update(&(pairs.len() as u32).to_le_bytes());
             for p in pairs {
                 field(&mut h, p.as_bytes());
@@ -94,6 +93,11 @@ pub fn derive(
         }
     }
     Ok(CacheKey(h.digest128()))
+}
+
+/// The name of a query pair (`name=value`, or a bare `name`).
+fn name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(n, _)| n)
 }
 
 fn field(h: &mut Xxh3, bytes: &[u8]) {
@@ -138,6 +142,9 @@ mod tests {
         assert_ne!(k(Some("x=1")), k(Some("x=2")));
         assert_eq!(k(None), k(Some("")));
         assert_ne!(k(None), k(Some("x")));
+        // A repeated name keeps the order of its values.
+        assert_ne!(k(Some("a=1&a=2")), k(Some("a=2&a=1")));
+        assert_eq!(k(Some("a=1&b=0&a=2")), k(Some("b=0&a=1&a=2")));
     }
 
     #[test]

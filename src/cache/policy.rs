@@ -24,10 +24,12 @@ pub enum NoStoreReason {
     Head,
     /// An invalidation overlapped the fill: what it read may predate a write.
     Invalidated,
+    /// The request carried a body, which the key does not see.
+    RequestBody,
 }
 
 impl NoStoreReason {
-    pub const ALL: [NoStoreReason; 11] = [
+    pub const ALL: [NoStoreReason; 12] = [
         Self::Status,
         Self::SetCookie,
         Self::NoStore,
@@ -39,6 +41,7 @@ impl NoStoreReason {
         Self::NoIdentity,
         Self::Head,
         Self::Invalidated,
+        Self::RequestBody,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl NoStoreReason {
             Self::NoIdentity => "no_identity",
             Self::Head => "head",
             Self::Invalidated => "invalidated",
+            Self::RequestBody => "request_body",
         }
     }
 }

@@ -115,8 +115,9 @@ enum Step {
     Pass(Outgoing<Incoming>),
     /// A write rule matched: forwarded, then the rule's tags are invalidated.
     Write(Outgoing<Incoming>, Matched),
-    /// A route (its id) scoped to an identity the request does not carry: forwarded.
-    NoIdentity(usize, Outgoing<Incoming>),
+    /// A cached route (its id) whose request must not use the cache (an identity scope the
+    /// request does not carry, a body the key does not see): forwarded, marked with why.
+    Uncached(usize, NoStoreReason, Outgoing<Incoming>),
     /// A cached route, not answered from L1.
     Miss(Request<Incoming>, Arc<Route>, CacheKey),
 }
@@ -321,11 +322,18 @@ impl Proxy {
         let Some((route, key)) = found else {
             return Step::Pass(self.upstream.encode(req, client, start));
         };
+        let uncached = |reason, req| {
+            Step::Uncached(route.id, reason, self.upstream.encode(req, client, start))
+        };
+        if !http_body::Body::is_end_stream(req.body()) {
+            // A GET with a body: the body is forwarded but not keyed, so its answer may be
+            // this request's only; it is neither served from nor stored in the cache, and
+            // never coalesced (one slow body would hold every waiter of the key).
+            return uncached(NoStoreReason::RequestBody, req);
+        }
         let key = match key {
             Ok(key) => key,
-            Err(key::KeyError::NoIdentity) => {
-                return Step::NoIdentity(route.id, self.upstream.encode(req, client, start))
-            }
+            Err(key::KeyError::NoIdentity) => return uncached(NoStoreReason::NoIdentity, req),
             Err(key::KeyError::AmbiguousIdentity) => {
                 return Step::Answered(Answer {
                     response: rescue::bad_request(
@@ -354,11 +362,10 @@ impl Proxy {
             Step::Answered(answer) => return answer,
             Step::Pass(out) => return self.pass_through(out).await,
             Step::Write(out, write) => return await_boxed!(self.write(out, write)),
-            Step::NoIdentity(route, out) => {
+            Step::Uncached(route, reason, out) => {
                 let rm = self.routes.get(Some(route));
-                self.metrics
-                    .not_stored(rm, NoStoreReason::NoIdentity.as_str());
-                let status = respond::bypassed(NoStoreReason::NoIdentity);
+                self.metrics.not_stored(rm, reason.as_str());
+                let status = respond::bypassed(reason);
                 (Some(route), self.pass(out, rm, Some(status)).await)
             }
             Step::Miss(req, route, key) => {
