@@ -444,6 +444,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_refuses_to_key_on_the_same_fields_this_strips() {
+        let fixed = HOP_BY_HOP;
+        let names: Vec<&str> = fixed.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, crate::config::HOP_BY_HOP_NAMES);
+    }
+
+    #[test]
     fn common_names_match_in_any_case_and_nothing_else() {
         for raw in [
             "Content-Length",

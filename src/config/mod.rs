@@ -20,6 +20,7 @@ use http::{HeaderValue, Uri};
 pub use redact::redact_url;
 pub use template::{MatchTemplate, Segment, Template, MAX_PARAMS};
 pub use validate::limit::parse_rate;
+pub use validate::route::HOP_BY_HOP_NAMES;
 
 /// The documented example config, compiled in: `sidecache` without `--config` runs it.
 pub const EMBEDDED: &str = include_str!("../../config/sidecache.toml");

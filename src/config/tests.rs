@@ -214,3 +214,30 @@ fn a_type_error_hides_nothing_else() {
     }
     assert_eq!(errs.len(), 9, "{all}");
 }
+
+#[test]
+fn hop_by_hop_fields_key_nothing() {
+    let bad = r#"
+        [upstream]
+        url = "http://origin:80"
+        [[route]]
+        name = "a"
+        match = "GET /a"
+        ttl = "1s"
+        scope = "identity"
+        identity_header = "Proxy-Authorization"
+        vary = ["te"]
+        [[limit]]
+        match = "GET /a"
+        key = "header:connection"
+        rate = "1/s"
+    "#;
+    let all = Config::parse(bad).unwrap_err().0.join("\n");
+    for needle in ["identity_header", "vary", "key"] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(needle) && l.contains("hop-by-hop")),
+            "{needle} in:\n{all}"
+        );
+    }
+}

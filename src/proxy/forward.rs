@@ -95,8 +95,8 @@ impl Upstream {
     }
 
     /// The upstream request for a client request, encoded: same method, path, query and
-    /// body; hop-by-hop fields already removed ([`strip_hop_by_hop`], by the proxy before it
-    /// keys the request); `Host` (unless preserved), `X-Forwarded-For`,
+    /// body; hop-by-hop fields removed (those named in `Connection` were already, before the
+    /// proxy keyed the request); `Host` (unless preserved), `X-Forwarded-For`,
     /// `Forwarded` and `Via` written into the head beside the request's own fields. From here
     /// on nothing holds the client request's head. Its timeout runs from `now`.
     pub fn encode<B>(&self, mut req: Request<B>, client: SocketAddr, now: Instant) -> Outgoing<B>
@@ -104,6 +104,7 @@ impl Upstream {
         B: http_body::Body<Data = bytes::Bytes>,
     {
         let h = req.headers_mut();
+        strip_hop_by_hop(h);
         let original_host = h.get(header::HOST);
         let (address, forwarded) = forwarding_values(client.ip(), original_host);
         let host = (!self.preserve_host || original_host.is_none()).then_some(&self.host);
@@ -265,7 +266,6 @@ mod tests {
                 .append(name, HeaderValue::from_static(value));
         }
         let client = SocketAddr::new(ip.parse().unwrap(), 40000);
-        strip_hop_by_hop(req.headers_mut());
         let out = upstream.encode(req, client, Instant::now());
         String::from_utf8(out.head().to_vec()).unwrap()
     }

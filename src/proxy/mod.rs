@@ -182,7 +182,11 @@ impl Proxy {
         // Keyed, limited and routed on what is forwarded: a field the client named in
         // `Connection` (say `Connection: authorization`) never reaches the upstream, so it
         // must not pick the cache key either (one caller's answer stored under another's).
-        forward::strip_hop_by_hop(req.headers_mut());
+        // The fixed hop-by-hop set can key nothing (config refuses those names): it is
+        // stripped when the request is encoded, and an L1 hit pays only this lookup.
+        if req.headers().contains_key(header::CONNECTION) {
+            forward::strip_hop_by_hop(req.headers_mut());
+        }
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_string());
         if let Some(response) = refuse::check(&req) {

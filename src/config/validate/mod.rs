@@ -10,7 +10,7 @@ pub(super) mod limit;
 mod listen;
 mod process;
 mod pubsub;
-mod route;
+pub(super) mod route;
 mod upstream;
 mod warmup;
 

@@ -157,12 +157,31 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
     })
 }
 
+/// The fields that describe a connection, never reach the upstream, and so can never key an
+/// entry or a limit (RFC 9110 §7.6.1; the fixed set of `client::wire::HOP_BY_HOP`).
+pub const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A header a route or a limit keys on: a valid name, and not a hop-by-hop one (a field the
+/// upstream never sees must not tell two callers' entries apart; the proxy only strips the
+/// fields a request names in `Connection` before keying, the fixed set at forwarding).
 pub(super) fn header_name(e: &mut Vec<String>, key: &str, text: &str) -> HeaderName {
-    check(
-        e,
-        key,
-        HeaderName::from_bytes(text.to_ascii_lowercase().as_bytes())
-            .map_err(|_| format!("`{text}` is not a header name")),
-        HeaderName::from_static("x-invalid"),
-    )
+    let name = text.to_ascii_lowercase();
+    let parsed = match HeaderName::from_bytes(name.as_bytes()) {
+        _ if HOP_BY_HOP_NAMES.contains(&name.as_str()) => Err(format!(
+            "`{text}` is a hop-by-hop field: it never reaches the upstream, so it cannot key"
+        )),
+        Ok(h) => Ok(h),
+        Err(_) => Err(format!("`{text}` is not a header name")),
+    };
+    check(e, key, parsed, HeaderName::from_static("x-invalid"))
 }
