@@ -508,14 +508,6 @@ async fn chunked_request_bodies_are_framed_by_the_proxy_not_by_the_client() {
         .all(|r| r.headers.get("content-length").is_none_or(|v| v != "3")));
 }
 
-const ROUTE_BALANCE: &str = r#"
-[[route]]
-name = "balance"
-match = "GET /api/users/{id}/balance"
-ttl = "1h"
-scope = "identity"
-"#;
-
 #[tokio::test]
 async fn a_field_named_in_connection_never_picks_the_key() {
     // The origin answers by the identity it receives: none means the anonymous answer.

@@ -16,24 +16,16 @@ use http_body_util::{BodyExt, Full};
 use support::hostile::{Hostile, Mode};
 use support::*;
 
-const ROUTES: &str = r#"
-[[route]]
-name = "balance"
-match = "GET /api/users/{id}/balance"
-ttl = "1h"
-scope = "identity"
-"#;
-
 async fn start(mode: Mode) -> (Hostile, Sidecache) {
     let origin = Hostile::start(mode).await;
-    let sc = Sidecache::start_with(config(&origin.url(), ROUTES)).await;
+    let sc = Sidecache::start_with(config(&origin.url(), ROUTE_BALANCE)).await;
     (origin, sc)
 }
 
 /// Behind an origin that leaves Nagle's algorithm on (see [`Hostile::start_with_nagle`]).
 async fn start_with_nagle(mode: Mode) -> (Hostile, Sidecache) {
     let origin = Hostile::start_with_nagle(mode).await;
-    let sc = Sidecache::start_with(config(&origin.url(), ROUTES)).await;
+    let sc = Sidecache::start_with(config(&origin.url(), ROUTE_BALANCE)).await;
     (origin, sc)
 }
 

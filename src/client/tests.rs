@@ -371,6 +371,14 @@ async fn early_answerer(answer: Option<&'static str>) -> u16 {
     port
 }
 
+/// A POST of far more than the socket buffers hold.
+fn big_upload() -> Request<Full<Bytes>> {
+    Request::post("/upload")
+        .header("host", "upstream")
+        .body(Full::new(Bytes::from(vec![b'x'; 64 << 20])))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_answer_before_the_body_is_sent_stops_the_upload_and_closes_the_connection() {
     let port = early_answerer(Some(
@@ -378,13 +386,9 @@ async fn an_answer_before_the_body_is_sent_stops_the_upload_and_closes_the_conne
     ))
     .await;
     let c = with_timeout(port, Duration::from_secs(10));
-    // Far more than the socket buffers hold: without watching for the answer, the write
-    // would wait for the upstream until the timeout.
-    let body = Full::new(Bytes::from(vec![b'x'; 64 << 20]));
-    let req = Request::post("/upload")
-        .header("host", "upstream")
-        .body(body)
-        .unwrap();
+    // Without watching for the answer, the write would wait for the upstream until the
+    // timeout.
+    let req = big_upload();
     let started = Instant::now();
     let resp = c.send(req).await.unwrap();
     assert_eq!(resp.status(), 413);
@@ -503,11 +507,7 @@ async fn an_idle_connection_that_turned_readable_is_never_used() {
 async fn an_upstream_that_neither_reads_the_body_nor_answers_is_a_timeout() {
     let port = early_answerer(None).await;
     let c = with_timeout(port, Duration::from_millis(300));
-    let body = Full::new(Bytes::from(vec![b'x'; 64 << 20]));
-    let req = Request::post("/upload")
-        .header("host", "upstream")
-        .body(body)
-        .unwrap();
+    let req = big_upload();
     let started = Instant::now();
     match c.send(req).await {
         Err(ProxyError::UpstreamTimeout) => {}

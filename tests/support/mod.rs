@@ -160,6 +160,15 @@ ttl = "1h"
 tags = ["group:{group}", "group:{group}:{symbol}"]
 "#;
 
+/// An identity-scoped route (keyed per `Authorization`).
+pub const ROUTE_BALANCE: &str = r#"
+[[route]]
+name = "balance"
+match = "GET /api/users/{id}/balance"
+ttl = "1h"
+scope = "identity"
+"#;
+
 /// A config for tests: both listeners on port 0, the given upstream, plus `extra` TOML.
 pub fn config(upstream: &str, extra: &str) -> Config {
     Config::parse(&format!(
