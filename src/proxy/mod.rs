@@ -1,11 +1,14 @@
 //! The data path. Every request goes through these phases, in this order only:
 //!
 //! ```text
-//! accept ─→ admit (rate limits) ─→ route ─┬─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
-//!                  └─ cached route ─→ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
-//!                                                       └─ miss ─→ coalesce ─┬─ leader ─→ forward ─→ store? ─→ respond
-//!                                                                            └─ follower ─→ wait ─→ respond
-//! errors anywhere ─→ rescue (502 / 504 JSON naming the failing side)
+//! accept ─→ strip what `Connection` names ─→ refuse (no/two Host, CONNECT: 400/501)
+//!   ─→ admit (rate limits) ─┬─ write rule ─→ forward ─→ invalidate (also when the outcome is unknown) ─→ respond   (write.rs)
+//!                           ├─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
+//!                           └─ cached route ─┬─ a body, or no identity ─→ forward uncached (Cache-Status says why)
+//!                                            └─ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
+//!                                                                 └─ miss ─→ coalesce ─┬─ leader ─→ forward (quiet connection) ─→ store? ─→ respond
+//!                                                                                      └─ follower ─→ wait ─→ respond
+//! errors anywhere ─→ rescue (502 / 504 JSON naming the failing side; 400 / 408 for the client's body)
 //! ```
 //!
 //! The L1 hit path is a route match, a hash, a map lookup and a header-map clone: no upstream
