@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sidecache::app::App;
@@ -16,15 +15,8 @@ use support::*;
 async fn accept_errors_back_off_and_the_proxy_recovers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || Sink(sink.clone()))
-        .finish();
     // A current-thread runtime: every task of the test logs through this thread's default.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_logs();
 
     let origin = Origin::start(|_| Reply::json("ok")).await;
     let app = App::build(config(&origin.url(), ""));
@@ -63,11 +55,7 @@ async fn accept_errors_back_off_and_the_proxy_recovers() {
         in_window <= 12.0,
         "{in_window} accept failures in 500 ms: no backoff"
     );
-    let lines: Vec<String> = String::from_utf8_lossy(&logs.lock().unwrap())
-        .lines()
-        .filter(|l| l.contains("Accept failed"))
-        .map(String::from)
-        .collect();
+    let lines = lines_with(&logs, "Accept failed");
     assert!(
         (1..=2).contains(&lines.len()),
         "{} lines for {in_window} failures:\n{}",
@@ -89,17 +77,4 @@ async fn accept_errors_back_off_and_the_proxy_recovers() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     running.shutdown().await;
-}
-
-#[derive(Clone)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

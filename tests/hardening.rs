@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::redis::RedisServer;
@@ -132,38 +131,6 @@ async fn head_limits_are_exact() {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["side"], "upstream", "{v}");
     assert!(v["message"].as_str().unwrap().contains("head over"), "{v}");
-}
-
-/// Log lines written while the returned guard lives, on this thread (a current-thread runtime
-/// runs every task of the test on it).
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
-    #[derive(Clone)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = Sink(out.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || sink.clone())
-        .finish();
-    (out, tracing::subscriber::set_default(subscriber))
-}
-
-fn lines_with(logs: &Mutex<Vec<u8>>, needle: &str) -> Vec<String> {
-    String::from_utf8_lossy(&logs.lock().unwrap())
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(String::from)
-        .collect()
 }
 
 #[tokio::test]
