@@ -388,14 +388,14 @@ where
     within(deadline.as_mut(), io.write_all(head))
         .await
         .and_then(|r| r.map_err(|e| io_failure(e, true)))?;
-    let mut request_complete = true;
     if framing != RequestFraming::Empty && !body.is_end_stream() {
-        match upload(io, buf, framing, body.as_mut(), method, headers, config).await? {
-            Uploaded::Complete => {}
-            Uploaded::Answered(head) => return Ok(head),
-            // The upstream closed or broke while the body went out: what it said, if
-            // anything, is read below; the connection is not reused.
-            Uploaded::Broken => request_complete = false,
+        // Sent, or cut short by the upstream's close or reset: what it said, if anything,
+        // is read below. (A request with a body is never retried, so whether anything was
+        // received before a failure does not matter past this point.)
+        if let Uploaded::Answered(head) =
+            upload(io, buf, framing, body.as_mut(), method, headers, config).await?
+        {
+            return Ok(head);
         }
         // The upstream's time starts when it has the whole request.
         deadline
@@ -421,11 +421,11 @@ where
                     error: ProxyError::UpstreamProtocol(
                         "upstream closed the connection before answering".into(),
                     ),
-                    nothing_received: !received_before && request_complete,
+                    nothing_received: !received_before,
                 })
             }
             Ok(_) => {}
-            Err(e) => return Err(io_failure(e, !received_before && request_complete)),
+            Err(e) => return Err(io_failure(e, !received_before)),
         }
     }
 }
@@ -472,18 +472,18 @@ fn parse_final(
 
 /// How sending a request body ended.
 enum Uploaded {
-    Complete,
+    /// All sent, or the upstream closed or reset while it went out: its answer, if any, is
+    /// still to be read.
+    Sent,
     /// A final answer came before the body was all sent: the rest is not sent (the upstream
-    /// has decided), and the connection, whose upstream may read the rest as a request, is
-    /// never reused.
+    /// has decided).
     Answered(ResponseHead),
-    /// The upstream closed or reset while the body went out.
-    Broken,
 }
 
 /// Sends the body, watching the connection meanwhile: an upstream may answer before it has
-/// read the body (401, 413, 417...), and one that stops reading would otherwise hold the
-/// write until the timeout. Each piece of the body must come within `body_timeout`.
+/// read the body (401, 413, 417...), and the upload then stops at once instead of pushing
+/// the rest at an upstream that will not read it. Each piece of the body must come within
+/// `body_timeout`, and be taken by the upstream within `timeout`.
 async fn upload<B>(
     io: &mut TcpStream,
     buf: &mut BytesMut,
@@ -509,12 +509,11 @@ where
     poll_fn(|cx| {
         if let Poll::Ready(sent) = send.as_mut().poll(cx) {
             return Poll::Ready(match sent {
-                Ok(()) => Ok(Uploaded::Complete),
+                Ok(()) | Err(BodyFailure::Upstream) => Ok(Uploaded::Sent),
                 Err(BodyFailure::Client(error)) => Err(Failure {
                     error,
                     nothing_received: false,
                 }),
-                Err(BodyFailure::Upstream) => Ok(Uploaded::Broken),
                 Err(BodyFailure::UpstreamStalled) => Err(Failure {
                     error: ProxyError::UpstreamTimeout,
                     nothing_received: false,
@@ -524,7 +523,7 @@ where
         loop {
             match poll_fill(reader, buf, cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(Uploaded::Broken)),
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(Uploaded::Sent)),
                 Poll::Ready(Ok(_)) => match parse_final(buf, method, headers) {
                     Ok(Some(head)) => return Poll::Ready(Ok(Uploaded::Answered(head))),
                     Ok(None) => {}
