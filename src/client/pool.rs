@@ -12,21 +12,19 @@
 //!    `Content-Length: 0`) leave a connection reusable; writes are a minority of a sidecar's
 //!    traffic, and pay one connect each. (An answer that comes before the body is all sent
 //!    also stops the upload: see `client::upload`.)
-//! 2. (Merged into 1: "an error answer to a request with content" was the first case found;
-//!    a 200 or 302 that ignores a half request proved it too narrow.)
-//! 3. **Only a definitely framed answer, read to its end** ([`may_reuse`], and
+//! 2. **Only a definitely framed answer, read to its end** ([`may_reuse`], and
 //!    [`Pool::release`] called only when a body ended): never after a close-delimited body,
 //!    a `Connection: close`, an HTTP/1.0 answer without keep-alive, a `101`, a framing
 //!    conflict (`Content-Length` with `Transfer-Encoding`), or a body cut short.
-//! 4. **Nothing left over** ([`Pool::release`]): bytes after the answer's end (a duplicated
+//! 3. **Nothing left over** ([`Pool::release`]): bytes after the answer's end (a duplicated
 //!    answer in the same segment, a body after a HEAD/204/304) close the connection; they
 //!    would be read as the next request's answer.
-//! 5. **An idle connection that turned readable is closed at checkout** ([`Pool::take`],
+//! 4. **An idle connection that turned readable is closed at checkout** ([`Pool::take`],
 //!    a non-blocking peek of the socket itself, not tokio's cached readiness, which lags
 //!    the kernel until the reactor's next turn): a late duplicate, an unsolicited `408`, a
 //!    stray body, or the upstream's close.
-//! 6. **A fill that will be stored takes a quiet connection** ([`Checkout::Quiet`]): idle
-//!    for at least `fill_quiet` and still silent, or a new one. Rules 4 and 5 cannot see an
+//! 5. **A fill that will be stored takes a quiet connection** ([`Checkout::Quiet`]): idle
+//!    for at least `fill_quiet` and still silent, or a new one. Rules 3 and 4 cannot see an
 //!    answer still on its way when the next request is written; a stored answer is served
 //!    thousands of times, so it never rides a connection that was busy a moment ago.
 //!
@@ -54,14 +52,14 @@ pub(super) struct Pool {
 /// Which idle connection a request may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Checkout {
-    /// The newest (rule 5 still applies).
+    /// The newest (rule 4 still applies).
     Newest,
-    /// The newest of those idle for at least `fill_quiet` (rule 6).
+    /// The newest of those idle for at least `fill_quiet` (rule 5).
     Quiet,
 }
 
 /// Whether the connection may carry another request once this answer's body is read
-/// (rules 1 and 3; rule 4 is checked when the body has ended). `had_content`: the request
+/// (rules 1 and 2; rule 3 is checked when the body has ended). `had_content`: the request
 /// carried body bytes.
 pub(super) fn may_reuse(head: &ResponseHead, had_content: bool) -> bool {
     head.keep_alive && !had_content && head.framing != Framing::Close
@@ -78,17 +76,12 @@ impl Pool {
     }
 
     /// An idle connection for a request at `now`, or `None` (connect a new one). Connections
-    /// idle for `idle_timeout`, and any found readable (rule 5), are closed on the way.
+    /// idle for `idle_timeout`, and any found readable (rule 4), are closed on the way.
     pub(super) fn take(&self, now: Instant, checkout: Checkout) -> Option<Conn> {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                // Oldest first: expired ones leave from the front.
-                while idle.front().is_some_and(|(_, since)| {
-                    now.saturating_duration_since(*since) >= self.idle_timeout
-                }) {
-                    idle.pop_front();
-                }
+                self.drop_expired(&mut idle, now);
                 let at = match checkout {
                     Checkout::Newest => idle.len().checked_sub(1)?,
                     Checkout::Quiet => idle.iter().rposition(|(_, since)| {
@@ -105,7 +98,7 @@ impl Pool {
     }
 
     /// Takes back a connection whose answer was read to its end, if `reusable`
-    /// ([`may_reuse`]) and nothing beyond the answer arrived (rule 4).
+    /// ([`may_reuse`]) and nothing beyond the answer arrived (rule 3).
     pub(super) fn release(&self, conn: Conn, reusable: bool) {
         if reusable && conn.buf.is_empty() {
             self.put(conn);
@@ -118,16 +111,21 @@ impl Pool {
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while idle
-            .front()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
+        self.drop_expired(&mut idle, now);
         if idle.len() >= self.max_idle {
             idle.pop_front();
         }
         idle.push_back((conn, now));
+    }
+
+    /// Closes the connections idle for `idle_timeout` at `now`: the oldest, at the front.
+    fn drop_expired(&self, idle: &mut VecDeque<(Conn, Instant)>, now: Instant) {
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
     }
 
     #[cfg(test)]

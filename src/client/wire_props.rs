@@ -1,6 +1,6 @@
 //! Property tests of the response framing: an answer split at any points parses to the same
 //! head and body as when it arrives whole, and the bytes after it are left exactly as they
-//! were (what the pool's rule 4 relies on); an answer cut short is never whole; junk never
+//! were (what the pool's rule 3 relies on); an answer cut short is never whole; junk never
 //! panics, and never decodes to more chunk data than there is.
 
 use bytes::BytesMut;
