@@ -233,6 +233,9 @@ impl App {
                 health.set_ready();
             });
         }
+        for warning in &self.config.warnings {
+            tracing::warn!(%warning, "Config warning.");
+        }
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %self.config.upstream.url,
             routes = self.config.routes.len(), "sidecache is ready.");
         Ok(Running {

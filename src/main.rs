@@ -55,6 +55,12 @@ fn main() -> ExitCode {
             config.routes.len(),
             config.upstream.url
         );
+        if !config.warnings.is_empty() {
+            println!("{} warning(s):", config.warnings.len());
+            for w in &config.warnings {
+                println!("  - {w}");
+            }
+        }
         return ExitCode::SUCCESS;
     }
     match cli.log_format.as_deref() {

@@ -1,8 +1,9 @@
 //! Route matching: method + path → the route's policy and its path parameters.
 //!
 //! Routes are compiled once from the config. Matching walks the path segments against each
-//! template in config order (first match wins) and records parameters as slices of the
-//! request path: no allocation on the hot path.
+//! template, most specific first (literal > `{param}` > `{*rest}` at the first position where
+//! two differ; config order between equally specific ones, which `check` reports), and records
+//! parameters as slices of the request path: no allocation on the hot path.
 
 use std::sync::Arc;
 
@@ -64,22 +65,35 @@ pub fn render_tags(tags: &[Template], names: &[String], params: &Params<'_>) -> 
 
 #[derive(Debug, Default)]
 pub struct Router {
+    /// In config order: `id` is the position here.
     routes: Vec<Arc<Route>>,
+    /// The same routes, most specific first: the order `find` tries them in.
+    by_specificity: Vec<Arc<Route>>,
 }
 
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Router {
-        Router {
-            routes: routes
-                .iter()
-                .enumerate()
-                .map(|(id, config)| {
-                    Arc::new(Route {
-                        id,
-                        config: config.clone(),
-                    })
+        let routes: Vec<Arc<Route>> = routes
+            .iter()
+            .enumerate()
+            .map(|(id, config)| {
+                Arc::new(Route {
+                    id,
+                    config: config.clone(),
                 })
-                .collect(),
+            })
+            .collect();
+        let mut by_specificity = routes.clone();
+        // Stable: equally specific routes keep their config order.
+        by_specificity.sort_by(|a, b| {
+            a.config
+                .matcher
+                .specificity()
+                .cmp(&b.config.matcher.specificity())
+        });
+        Router {
+            routes,
+            by_specificity,
         }
     }
 
@@ -93,7 +107,7 @@ impl Router {
             return None;
         }
         let path = path.strip_prefix('/')?;
-        self.routes.iter().find_map(|route| {
+        self.by_specificity.iter().find_map(|route| {
             match_segments(&route.config.matcher.segments, path)
                 .map(|params| RouteMatch { route, params })
         })
@@ -106,14 +120,24 @@ pub fn match_segments<'p>(template: &[Segment], path: &'p str) -> Option<Params<
         values: [""; MAX_PARAMS],
         len: 0,
     };
-    // Split on the byte: `str::split(char)` pays for UTF-8 searching on every request, and
-    // '/' can never be part of a multi-byte character.
-    let mut parts = path
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .map(|p| &path[p.as_ptr() as usize - path.as_ptr() as usize..][..p.len()]);
+    // `None` once the path is used up; `Some("")` after a trailing `/`.
+    let mut rest = Some(path);
     for seg in template {
-        let part = parts.next()?;
+        let remaining = rest?;
+        if let Segment::Rest(i) = seg {
+            // Everything after the `/` that ended the previous segment: distinct paths keep
+            // distinct values (`/api/` → "", `/api//x` → "/x"), so keys never collide.
+            params.values[*i] = remaining;
+            params.len = params.len.max(i + 1);
+            return Some(params);
+        }
+        // Split on the byte: `str::split(char)` pays for UTF-8 searching on every request,
+        // and '/' can never be part of a multi-byte character.
+        let (part, next) = match remaining.as_bytes().iter().position(|&b| b == b'/') {
+            Some(at) => (&remaining[..at], Some(&remaining[at + 1..])),
+            None => (remaining, None),
+        };
+        rest = next;
         match seg {
             Segment::Literal(lit) => {
                 if lit != part {
@@ -127,9 +151,10 @@ pub fn match_segments<'p>(template: &[Segment], path: &'p str) -> Option<Params<
                 params.values[*i] = part;
                 params.len = params.len.max(i + 1);
             }
+            Segment::Rest(_) => unreachable!("handled above"),
         }
     }
-    if parts.next().is_some() {
+    if rest.is_some() {
         return None;
     }
     Some(params)
@@ -180,5 +205,60 @@ mod tests {
         assert!(r.find(&Method::GET, "/api/groups//EURUSD").is_none());
         assert!(r.find(&Method::GET, "/api/groups/VIP/").is_none());
         assert!(r.find(&Method::GET, "api/groups/VIP/EURUSD").is_none());
+    }
+
+    fn catch_all_router() -> Router {
+        let c = Config::parse(
+            r#"
+            [upstream]
+            url = "http://127.0.0.1:1"
+            [[route]]
+            name = "all"
+            match = "GET /{*path}"
+            ttl = "1s"
+            [[route]]
+            name = "api"
+            match = "GET /api/{*rest}"
+            ttl = "1s"
+            [[route]]
+            name = "group"
+            match = "GET /api/groups/{group}"
+            ttl = "1s"
+            [[route]]
+            name = "vip"
+            match = "GET /api/groups/VIP"
+            ttl = "1s"
+            "#,
+        )
+        .unwrap();
+        Router::new(&c.routes)
+    }
+
+    #[test]
+    fn the_most_specific_route_wins_whatever_the_config_order() {
+        let r = catch_all_router();
+        let name = |path: &str| {
+            r.find(&Method::GET, path)
+                .map(|m| m.route.config.name.clone())
+        };
+        let rest = |path: &str| {
+            r.find(&Method::GET, path)
+                .map(|m| m.params.as_slice().to_vec().join("|"))
+        };
+        assert_eq!(name("/api/groups/VIP").as_deref(), Some("vip"));
+        assert_eq!(name("/api/groups/STD").as_deref(), Some("group"));
+        assert_eq!(name("/api/groups/STD/x").as_deref(), Some("api"));
+        assert_eq!(rest("/api/groups/STD/x").as_deref(), Some("groups/STD/x"));
+        assert_eq!(name("/api/").as_deref(), Some("api"));
+        assert_eq!(rest("/api/").as_deref(), Some(""));
+        assert_eq!(rest("/api//x").as_deref(), Some("/x"));
+        // `/api` is not under `/api/`: the root catch-all takes it.
+        assert_eq!(name("/api").as_deref(), Some("all"));
+        assert_eq!(rest("/api").as_deref(), Some("api"));
+        assert_eq!(rest("/").as_deref(), Some(""));
+        assert_eq!(rest("/a/b/c").as_deref(), Some("a/b/c"));
+        // Routes keep their config positions as ids.
+        assert_eq!(r.routes()[3].config.name, "vip");
+        assert_eq!(r.routes()[3].id, 3);
     }
 }

@@ -45,6 +45,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// How often the config file is polled for changes; zero: only on SIGHUP.
     pub reload_interval: Duration,
+    /// Legal but doubtful settings, each as `key: message`: `check` prints them and the
+    /// process logs them at start; they never stop it.
+    pub warnings: Vec<String>,
 }
 
 /// Where a rate-limit key comes from.

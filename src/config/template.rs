@@ -14,6 +14,20 @@ pub enum Segment {
     Literal(String),
     /// Matches any one non-empty segment; the value is parameter number `.0`.
     Param(usize),
+    /// `{*name}`, last only: everything after the preceding `/`, zero or more segments (the
+    /// value may be empty or contain `/`); the value is parameter number `.0`.
+    Rest(usize),
+}
+
+impl Segment {
+    /// Specificity rank at one position: a literal beats a parameter beats a catch-all.
+    fn rank(&self) -> u8 {
+        match self {
+            Segment::Literal(_) => 0,
+            Segment::Param(_) => 1,
+            Segment::Rest(_) => 2,
+        }
+    }
 }
 
 /// A parsed `METHOD /path/{param}` match.
@@ -41,8 +55,21 @@ impl MatchTemplate {
         }
         let mut segments = Vec::new();
         let mut params: Vec<String> = Vec::new();
-        for raw in path[1..].split('/') {
-            if let Some(name) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+        let raws: Vec<&str> = path[1..].split('/').collect();
+        for (at, raw) in raws.iter().enumerate() {
+            let inner = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}'));
+            let (name, rest) = match inner.map(|n| n.strip_prefix('*').ok_or(n)) {
+                Some(Ok(n)) => (Some(n), true),
+                Some(Err(n)) => (Some(n), false),
+                None => (None, false),
+            };
+            if rest && at + 1 != raws.len() {
+                return Err(format!(
+                    "`{text}`: a catch-all `{{*{}}}` must be the last segment",
+                    name.unwrap_or_default()
+                ));
+            }
+            if let Some(name) = name {
                 if !is_identifier(name) {
                     return Err(format!(
                         "`{text}`: `{{{name}}}` is not a valid parameter name"
@@ -51,7 +78,11 @@ impl MatchTemplate {
                 if params.iter().any(|p| p == name) {
                     return Err(format!("`{text}`: parameter `{name}` appears twice"));
                 }
-                segments.push(Segment::Param(params.len()));
+                segments.push(if rest {
+                    Segment::Rest(params.len())
+                } else {
+                    Segment::Param(params.len())
+                });
                 params.push(name.to_string());
             } else if raw.contains(['{', '}']) {
                 return Err(format!(
@@ -70,6 +101,34 @@ impl MatchTemplate {
             params,
             text: text.trim().to_string(),
         })
+    }
+
+    /// Whether the path ends in a catch-all `{*name}`.
+    pub fn is_catch_all(&self) -> bool {
+        matches!(self.segments.last(), Some(Segment::Rest(_)))
+    }
+
+    /// Orders templates most specific first: at the first position where two differ in kind,
+    /// a literal beats a parameter beats a catch-all. Of two templates that match one path,
+    /// the one ordered first is the more specific (they differ in kind somewhere, or they are
+    /// [`ambiguous_with`](Self::ambiguous_with) each other).
+    pub fn specificity(&self) -> impl Ord + '_ {
+        self.segments.iter().map(Segment::rank).collect::<Vec<_>>()
+    }
+
+    /// Whether both templates match exactly the same paths (same method, same shape, same
+    /// literals): which one serves a request is then only decided by config order.
+    pub fn ambiguous_with(&self, other: &MatchTemplate) -> bool {
+        self.method == other.method
+            && self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| match (a, b) {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    _ => a.rank() == b.rank(),
+                })
     }
 }
 
@@ -179,6 +238,39 @@ mod tests {
         assert!(MatchTemplate::parse("GET api").is_err());
         assert!(MatchTemplate::parse("GET /a/{x}/{x}").is_err());
         assert!(MatchTemplate::parse("GET /a/x{y}").is_err());
+    }
+
+    #[test]
+    fn catch_all_template() {
+        let t = MatchTemplate::parse("GET /api/{*rest}").unwrap();
+        assert_eq!(t.params, vec!["rest"]);
+        assert_eq!(
+            t.segments,
+            vec![Segment::Literal("api".into()), Segment::Rest(0)]
+        );
+        assert!(t.is_catch_all());
+        assert!(MatchTemplate::parse("GET /{*path}").unwrap().is_catch_all());
+        assert!(MatchTemplate::parse("GET /{*path}/x").is_err());
+        assert!(MatchTemplate::parse("GET /a/{*}").is_err());
+        assert!(MatchTemplate::parse("GET /a/{*p}/{q}").is_err());
+        assert!(MatchTemplate::parse("GET /a/{p}/{*p}").is_err());
+    }
+
+    #[test]
+    fn specificity_and_ambiguity() {
+        let t = |s: &str| MatchTemplate::parse(s).unwrap();
+        let literal = t("GET /api/groups/x");
+        let param = t("GET /api/groups/{g}");
+        let rest = t("GET /api/{*rest}");
+        let root = t("GET /{*path}");
+        assert!(literal.specificity() < param.specificity());
+        assert!(param.specificity() < rest.specificity());
+        assert!(rest.specificity() < root.specificity());
+        assert!(param.ambiguous_with(&t("GET /api/groups/{other}")));
+        assert!(!param.ambiguous_with(&t("GET /api/items/{g}")));
+        assert!(!param.ambiguous_with(&t("HEAD /api/groups/{g}")));
+        assert!(!param.ambiguous_with(&literal));
+        assert!(rest.ambiguous_with(&t("GET /api/{*other}")));
     }
 
     #[test]

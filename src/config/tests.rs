@@ -241,3 +241,40 @@ fn hop_by_hop_fields_key_nothing() {
         );
     }
 }
+
+#[test]
+fn routes_that_match_the_same_requests_are_a_warning_not_an_error() {
+    let c = Config::parse(
+        r#"
+        [upstream]
+        url = "http://origin:80"
+        [[route]]
+        name = "a"
+        match = "GET /api/{*rest}"
+        ttl = "1s"
+        [[route]]
+        name = "b"
+        match = "GET /api/{*path}"
+        ttl = "1s"
+        [[route]]
+        name = "c"
+        match = "GET /api/x/{id}"
+        ttl = "1s"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("`a`") && c.warnings[0].contains("`b`"));
+    let err = Config::parse(
+        r#"
+        [upstream]
+        url = "http://origin:80"
+        [[route]]
+        name = "a"
+        match = "GET /{*rest}/x"
+        ttl = "1s"
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.0[0].contains("last segment"), "{err}");
+}

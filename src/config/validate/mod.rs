@@ -243,6 +243,7 @@ pub(super) fn validate(
     let l2 = s.l2.map(|l2| l2::validate(l2, env, e));
     let warmup = warmup::validate(s.warmup, e);
     let routes = route::validate_all(s.routes, e);
+    let warnings = route::warnings(&routes);
     let has_l2 = l2.is_some();
     let prefix = l2.as_ref().map_or("sidecache", |l| l.prefix.as_str());
     let pubsub = pubsub::validate(s.pubsub, prefix, e);
@@ -276,5 +277,6 @@ pub(super) fn validate(
         events,
         limits,
         reload_interval,
+        warnings,
     })
 }

@@ -23,6 +23,23 @@ pub(super) fn validate_all(rules: Vec<file::RouteFile>, e: &mut Vec<String>) -> 
     routes
 }
 
+/// Doubtful but legal route settings: pairs of routes that match exactly the same requests
+/// (the first in the file serves them all, the second never).
+pub(super) fn warnings(routes: &[RouteConfig]) -> Vec<String> {
+    let mut w = Vec::new();
+    for (i, a) in routes.iter().enumerate() {
+        for b in &routes[i + 1..] {
+            if a.matcher.ambiguous_with(&b.matcher) {
+                w.push(format!(
+                    "route `{}` and route `{}` match the same requests (`{}`, `{}`): `{}` serves them all",
+                    a.name, b.name, a.matcher.text, b.matcher.text, a.name
+                ));
+            }
+        }
+    }
+    w
+}
+
 fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<RouteConfig> {
     let name = match r.name {
         Some(n)
