@@ -16,6 +16,7 @@
 
 pub mod body;
 pub mod forward;
+mod range;
 mod refuse;
 pub mod rescue;
 pub mod respond;

@@ -38,7 +38,7 @@ pub enum Served {
 }
 
 /// Answers `request_headers` from `entry`: 304 when its preconditions match, else the stored
-/// response (headers only for HEAD).
+/// response (headers only for HEAD), or the byte range it asks of a stored 200 (`range.rs`).
 pub fn from_entry(
     entry: &Entry,
     request_headers: &HeaderMap,
@@ -61,6 +61,13 @@ pub fn from_entry(
         h.insert(header::AGE, age);
         h.insert(CACHE_STATUS, status);
         return r;
+    }
+    if !head && entry.status() == StatusCode::OK {
+        if let Some(range) = request_headers.get(header::RANGE) {
+            if let Some(r) = super::range::answer(entry, range, request_headers, &age, &status) {
+                return r;
+            }
+        }
     }
     let parts = entry.parts();
     let body = if head {
