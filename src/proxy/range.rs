@@ -30,7 +30,7 @@ const UNSATISFIABLE_FIELDS: [HeaderName; 6] = [
 
 /// What a `Range` field asks of a representation of a given length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ranged {
+pub(super) enum Ranged {
     /// Answer the whole representation: no single byte range was asked for.
     Full,
     /// Bytes `start..=end` (both within the representation).
@@ -61,7 +61,7 @@ fn number(text: &[u8]) -> Num {
 
 /// Evaluates a `Range` field against a representation of `len` bytes (RFC 9110 §14.1.2):
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n`.
-pub fn parse(value: &[u8], len: u64) -> Ranged {
+pub(super) fn parse(value: &[u8], len: u64) -> Ranged {
     let Some(eq) = value.iter().position(|&b| b == b'=') else {
         return Ranged::Full;
     };
@@ -108,7 +108,7 @@ pub fn parse(value: &[u8], len: u64) -> Ranged {
 /// Whether `If-Range` lets the range through (RFC 9110 §13.1.5): an entity tag must match the
 /// entry's by strong comparison (neither weak, same bytes), a date must equal its
 /// `Last-Modified` exactly.
-pub fn if_range_holds(
+pub(super) fn if_range_holds(
     value: &HeaderValue,
     etag: &[u8],
     last_modified: Option<HeaderValue>,
@@ -130,7 +130,7 @@ pub fn if_range_holds(
 
 /// The `206` or `416` that answers `range` from `entry` (a stored `200`), or `None` when the
 /// whole answer is due. `age` and `cache_status` are the answer's, as for a whole one.
-pub fn answer(
+pub(super) fn answer(
     entry: &Entry,
     range: &HeaderValue,
     request: &HeaderMap,
