@@ -247,3 +247,37 @@ async fn an_unsafe_method_invalidates_every_identity_of_its_uri() {
     .await;
     assert!(seen, "B serves bob the old value");
 }
+
+/// A write whose outcome is unknown (the upstream timed out: sidecache's 504) may have
+/// committed: its target goes all the same. Without Redis too (L1 only).
+#[tokio::test]
+async fn an_unsafe_method_with_an_unknown_outcome_invalidates_its_target() {
+    let values: Values = Arc::default();
+    let handler = origin_handler(values.clone());
+    let origin = Origin::start(move |req| {
+        let reply = handler(req);
+        if req.method == Method::DELETE {
+            // Committed, but answered after sidecache's 2 s timeout.
+            return reply.delay(Duration::from_secs(3));
+        }
+        reply
+    })
+    .await;
+    let sc = Sidecache::start(&origin, ROUTES).await;
+    sc.get("/api/items/9").await;
+    assert!(hit(&sc.get("/api/items/9").await));
+    let w = sc
+        .request(Method::DELETE, "/api/items/9", &[], "gone")
+        .await;
+    assert_eq!(w.status, 504);
+    assert_eq!(sc.get("/api/items/9").await.text(), "gone@");
+    let m = sc.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sidecache_invalidations_total",
+            &[("source", "write_uncertain")]
+        ),
+        1.0
+    );
+}

@@ -28,8 +28,9 @@ use super::{Answer, Proxy};
 pub(super) struct Write {
     /// The `[[invalidate]]` rule that matched, if one did.
     rule: Option<Matched>,
-    /// For an unsafe method: what §4.4 needs once the answer is in.
-    unsafe_method: Option<Unsafe>,
+    /// For an unsafe method: what §4.4 needs once the answer is in (boxed: a request's
+    /// `Step` stays as small as before).
+    unsafe_method: Option<Box<Unsafe>>,
 }
 
 /// An unsafe request's target, for §4.4.
@@ -54,7 +55,7 @@ impl Write {
         let unsafe_method = (catch_all && uri::is_unsafe(req.method())).then(|| {
             let path = req.uri().path();
             let host = req.headers().get(http::header::HOST);
-            Unsafe {
+            Box::new(Unsafe {
                 path: path.to_string(),
                 target: uri::served_tag(router, path),
                 origin: uri::Origin::new(
@@ -62,7 +63,7 @@ impl Write {
                         .into_iter()
                         .chain([upstream_host]),
                 ),
-            }
+            })
         });
         (rule.is_some() || unsafe_method.is_some()).then_some(Write {
             rule,
