@@ -289,6 +289,7 @@ mod tests {
         assert_eq!(resolve("/a/b/../../../c", base).as_deref(), Some("/c"));
         assert_eq!(resolve("/a/b/..", base).as_deref(), Some("/a/"));
         assert_eq!(resolve("", base).as_deref(), Some(base));
+        assert_eq!(resolve("?q", "/a/./b/..").as_deref(), Some("/a/"));
         assert_eq!(resolve("x", "").as_deref(), Some("/x"));
         // Other origins: another host, port or scheme, userinfo, no authority.
         for other in [
