@@ -5,9 +5,16 @@
 //!   ─→ admit (rate limits) ─┬─ write rule ─→ forward ─→ invalidate (also when the outcome is unknown) ─→ respond   (write.rs)
 //!                           ├─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
 //!                           └─ cached route ─┬─ a body, or no identity ─→ forward uncached (Cache-Status says why)
-//!                                            └─ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
-//!                                                                 └─ miss ─→ coalesce ─┬─ leader ─→ forward (quiet connection) ─→ store? ─→ respond
-//!                                                                                      └─ follower ─→ wait ─→ respond
+//!                                            └─ key ─→ lookup L1 (a Vary marker ─→ the variant's key)
+//!                                                 ├─ usable (fresh, or as the request's directives allow) ─→ respond (200|304, Age, Cache-Status)
+//!                                                 ├─ nothing usable, `only-if-cached` ─→ 504
+//!                                                 ├─ HEAD ─→ forward ─→ freshen the stored GET response (revalidate.rs)
+//!                                                 └─ miss / stale / no-cache ─→ coalesce ─┬─ leader ─→ L2 (marker, variant) ─┬─ usable ─→ promote ─→ respond
+//!                                                                                         │                                  └─ else ─→ fill
+//!                                                                                         └─ follower ─→ wait ─→ respond (a variant: look again)
+//! fill: forward (quiet connection; the stored entry's validators when it has one)
+//!   ├─ 304 ─→ revalidate: merge fields, new freshness ─→ store ─→ respond (`revalidated`)   (revalidate.rs)
+//!   └─ else ─→ storable? ─→ buffer ─→ store (L1 under the ticket, then L2 under the lease; a variant with its marker) ─→ respond   (store.rs)
 //! errors anywhere ─→ rescue (502 / 504 JSON naming the failing side; 400 / 408 for the client's body)
 //! ```
 //!
@@ -632,6 +639,14 @@ impl Proxy {
         if !entry.is_marker() {
             target.key = target.primary;
             target.marker = None;
+            if target
+                .stale
+                .as_ref()
+                .is_some_and(|s| s.flags() & flags::VARIANT != 0)
+            {
+                // L1's variant is not what L2 now holds at the primary key.
+                target.stale = None;
+            }
             return Some(entry);
         }
         let marker = Marker::decode(entry.body_bytes())?;

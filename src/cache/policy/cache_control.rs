@@ -87,10 +87,7 @@ impl RequestDirectives {
                 rd.min_fresh = Some(rd.min_fresh.map_or(v, |old| old.max(v)));
             } else if name.eq_ignore_ascii_case(b"max-stale") {
                 // Stricter is less staleness accepted; a bad value accepts none.
-                let v = match arg {
-                    None => None,
-                    Some(a) => Some(parse_delta(a).unwrap_or(0)),
-                };
+                let v = arg.map(|a| parse_delta(a).unwrap_or(0));
                 rd.max_stale = Some(match (rd.max_stale, v) {
                     (None, v) | (Some(None), v) => v,
                     (Some(Some(old)), None) => Some(old),

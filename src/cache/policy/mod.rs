@@ -149,7 +149,7 @@ pub fn storability(
     {
         return Err(NoStoreReason::Authorization);
     }
-    let vary = vary::names(headers, &route.vary).map_err(|()| NoStoreReason::Vary)?;
+    let vary = vary::names(headers, &route.vary).map_err(|_| NoStoreReason::Vary)?;
     let last_modified = single_date(headers, header::LAST_MODIFIED);
     let mut flags = 0;
     if last_modified.is_some() {

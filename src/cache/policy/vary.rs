@@ -17,20 +17,24 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::cache::CacheKey;
 
+/// A `Vary` that no variant can satisfy: `*`, or a name that is not a field name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// The `Vary` field names of a response beyond `keyed` (the route's own `vary`, already in the
 /// primary key): lowercased, sorted, deduplicated. `Err` for `Vary: *` or an unreadable name:
 /// such a response is never stored.
-pub fn names(headers: &HeaderMap, keyed: &[HeaderName]) -> Result<Vec<HeaderName>, ()> {
+pub fn names(headers: &HeaderMap, keyed: &[HeaderName]) -> Result<Vec<HeaderName>, Unsatisfiable> {
     let mut out: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::VARY) {
         let Ok(text) = value.to_str() else {
-            return Err(());
+            return Err(Unsatisfiable);
         };
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if name == "*" {
-                return Err(());
+                return Err(Unsatisfiable);
             }
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| ())?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Unsatisfiable)?;
             if !keyed.contains(&name) && !out.contains(&name) {
                 out.push(name);
             }
