@@ -500,3 +500,39 @@ async fn l2_revalidation_and_variants_across_two_pods() {
     assert_eq!(r.text(), "en");
     assert_eq!(origin.hits(), hits);
 }
+
+#[tokio::test]
+async fn a_hostile_304_never_updates_or_serves_what_it_does_not_describe() {
+    let origin = Origin::start(|r| match (r.uri.as_str(), header(r, "if-none-match")) {
+        // A 304 naming another representation than the one asked about.
+        ("/other", Some(_)) => Reply::json("").status(304).header("etag", "\"v2\""),
+        ("/other", None) => Reply::json("body1")
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=0"),
+        // A 304 to a request that asked nothing conditional.
+        ("/unasked", _) => Reply::json("")
+            .status(304)
+            .header("cache-control", "max-age=600"),
+        _ => Reply::json("?").status(404),
+    })
+    .await;
+    let sc = Sidecache::start(&origin, ALL).await;
+    assert_eq!(sc.get("/other").await.text(), "body1");
+    let r = sc.get("/other").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.header("cache-status").contains("upstream_protocol"),
+        "{r:?}"
+    );
+    // What was held is gone: the next fill asks unconditionally.
+    assert_eq!(sc.get("/other").await.text(), "body1");
+    let seen = origin.requests();
+    assert_eq!(header(&seen[1], "if-none-match"), Some("\"v1\""));
+    assert_eq!(header(&seen[2], "if-none-match"), None);
+
+    let r = sc.get("/unasked").await;
+    assert_eq!(r.status, 304);
+    assert!(r.header("cache-status").contains("detail=status"), "{r:?}");
+    sc.get("/unasked").await;
+    assert_eq!(origin.hits(), 5, "a stray 304 is never stored");
+}
