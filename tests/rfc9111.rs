@@ -536,3 +536,24 @@ async fn a_hostile_304_never_updates_or_serves_what_it_does_not_describe() {
     sc.get("/unasked").await;
     assert_eq!(origin.hits(), 5, "a stray 304 is never stored");
 }
+
+#[tokio::test]
+async fn an_old_date_ages_the_response_on_arrival() {
+    let origin = Origin::start(|_| {
+        let hour_ago = httpdate::fmt_http_date(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+        );
+        Reply::json("d")
+            .header("date", &hour_ago)
+            .header("cache-control", "max-age=600")
+    })
+    .await;
+    let sc = Sidecache::start(&origin, ALL).await;
+    sc.get("/dated").await;
+    sc.get("/dated").await;
+    assert_eq!(
+        origin.hits(),
+        2,
+        "an hour old with ten minutes of freshness: stale"
+    );
+}

@@ -1080,7 +1080,7 @@ fn build_entry(
     now_ms: u64,
 ) -> Entry {
     let mut headers = parts.headers;
-    let initial_age = policy::cache_control::parse_age(&headers);
+    let initial_age = policy::initial_age(&route.config, &headers, now_ms);
     headers.remove(header::AGE);
     let http_date = |name| {
         headers

@@ -24,7 +24,7 @@ use super::respond::{self, Served, CACHE_STATUS};
 use super::{rescue, LeaseGuard, Looked, Proxy, Target};
 use crate::cache::coalesce::FillGuard;
 use crate::cache::l1::FillTicket;
-use crate::cache::policy::{self, cache_control, flags, validate, vary::Marker};
+use crate::cache::policy::{self, flags, validate, vary::Marker};
 use crate::cache::{clock, CacheKey, CacheOutcome, Entry, FillState, Meta, NoStoreReason};
 use crate::client::UpstreamBody;
 use crate::error::ProxyError;
@@ -246,7 +246,7 @@ fn refreshed(
         status,
         last_modified,
         stored_at_ms: now_ms,
-        initial_age: cache_control::parse_age(update),
+        initial_age: policy::initial_age(&route.config, update, now_ms),
         ttl_ms,
         flags: new_flags | (stale.flags() & (flags::ETAG_DERIVED | flags::VARIANT)),
     };

@@ -215,6 +215,19 @@ fn lifetime(
     Ok(heuristic.min(route.heuristic_max.as_secs()))
 }
 
+/// The age of a response on arrival at `now_ms` (RFC 9111 §4.2.3): its `Age`, and, on a route
+/// that takes freshness from the response alone, the time since its `Date` if that is more
+/// (the apparent age). With a route `ttl`, only `Age` (as before).
+pub fn initial_age(route: &RouteConfig, headers: &HeaderMap, now_ms: u64) -> u64 {
+    let age = cache_control::parse_age(headers);
+    if route.ttl.is_some() {
+        return age;
+    }
+    let apparent =
+        single_date(headers, header::DATE).map_or(0, |d| (now_ms / 1000).saturating_sub(d));
+    age.max(apparent)
+}
+
 /// A date field given once and readable, in Unix seconds.
 fn single_date(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {
     let mut values = headers.get_all(name).iter();
@@ -599,6 +612,18 @@ mod tests {
             Err(NoStoreReason::NoStore)
         );
         assert!(storability(&ignore, &req, 200, &HeaderMap::new(), NOW).is_ok());
+    }
+
+    #[test]
+    fn the_initial_age_counts_an_old_date_without_a_route_ttl() {
+        let old = headers(&[("date", "Sun, 06 Nov 1994 08:48:37 GMT"), ("age", "10")]);
+        assert_eq!(initial_age(&route(""), &old, NOW), 60);
+        assert_eq!(initial_age(&route("ttl = \"1h\""), &old, NOW), 10);
+        let young = headers(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT"), ("age", "10")]);
+        assert_eq!(initial_age(&route(""), &young, NOW), 10);
+        // A Date in the future is no negative age.
+        let future = headers(&[("date", "Sun, 06 Nov 1994 09:49:37 GMT")]);
+        assert_eq!(initial_age(&route(""), &future, NOW), 0);
     }
 
     #[test]
