@@ -151,8 +151,8 @@ pub struct RouteFile {
     pub heuristic: Option<f64>,
     /// The longest heuristic freshness. Default `"1d"`.
     pub heuristic_max: Option<String>,
-    /// Variants of one resource (responses with `Vary`) stored at most; more are not stored.
-    /// Default `16`.
+    /// Variants of one resource (responses with `Vary`) kept at most; storing one more starts
+    /// a new generation, and the older variants are dropped. Default `16`.
     pub max_variants: Option<u16>,
 }
 

@@ -266,7 +266,7 @@ pub struct RouteConfig {
     pub heuristic: f64,
     /// ... at most this long.
     pub heuristic_max: Duration,
-    /// Variants (responses with `Vary`) stored per primary key at most.
+    /// Variants (responses with `Vary`) kept per primary key at most.
     pub max_variants: u16,
 }
 

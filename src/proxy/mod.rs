@@ -821,10 +821,10 @@ impl Proxy {
         ) {
             Ok(write) => write,
             Err(reason) => {
-                // An invalidation overlapped this fill (what it read may predate a write), or
-                // the resource has too many variants. This request was under way before any
-                // such write was acknowledged and may have the answer; a follower may have
-                // come after it, so each fetches its own, and L2 gets nothing.
+                // An invalidation overlapped this fill, so what it read may predate a write.
+                // This request was under way before the write was acknowledged and may have
+                // the answer; a follower may have come after it, so each fetches its own, and
+                // L2 gets nothing.
                 self.metrics.not_stored(rm, reason.as_str());
                 guard.complete(FillState::Pass);
                 let served = Served::Invalidated { fwd_status: status };

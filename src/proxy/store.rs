@@ -20,8 +20,8 @@ impl Proxy {
     /// Stores `entry` in L1 under `target`'s primary key, or, when the response varies on
     /// `vary`, under the variant key that `request` selects with the marker renewed (same
     /// names: same salt, one more variant; other names: a new marker, whose salt leaves the
-    /// old variants unreachable). `Err(Invalidated)`: an invalidation overlapped the fill;
-    /// `Err(Vary)`: the resource has `max_variants` already.
+    /// old variants unreachable; so does a marker that has `max_variants` already).
+    /// `Err(Invalidated)`: an invalidation overlapped the fill.
     pub(super) fn store_l1(
         &self,
         route: &Route,
@@ -39,21 +39,27 @@ impl Proxy {
                 entries: vec![(None, entry.clone())],
             });
         }
-        let same = target
+        let mut same = target
             .marker
             .as_ref()
             .and_then(|m| Marker::decode(m.body_bytes()))
             .filter(|m| m.names == vary);
+        if let Some(m) = &same {
+            let known =
+                target.stale.is_some() && m.secondary(target.primary, request) == target.key;
+            if !known && m.variants >= route.config.max_variants {
+                // Full: a new generation (a new salt) replaces the old, whose variants become
+                // unreachable and leave by eviction or expiry. A count that only grew would
+                // refuse every refill once variants had expired often enough.
+                same = None;
+            }
+        }
         let renewed = same.is_some();
         let mut marker = same.unwrap_or_else(|| Marker::new(vary.to_vec(), target.primary));
         let secondary = marker.secondary(target.primary, request);
         // A refresh of a variant already counted is not a new one.
-        let known = renewed && target.stale.is_some() && secondary == target.key;
-        if !known {
-            if marker.variants >= route.config.max_variants {
-                return Err(NoStoreReason::Vary);
-            }
-            marker.variants += 1;
+        if !(renewed && target.stale.is_some() && secondary == target.key) {
+            marker.variants = marker.variants.saturating_add(1);
         }
         let now = entry.stored_at_ms();
         // The marker lives as long as any variant under it may.
