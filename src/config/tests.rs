@@ -319,6 +319,7 @@ fn routes_without_an_explicit_scope_are_a_warning() {
         statuses = [206, 199, 404]
         heuristic = 2.0
         heuristic_max = "soon"
+        max_variants = 0
         "#,
     )
     .unwrap_err();

@@ -174,6 +174,9 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         None => Duration::from_secs(86_400),
     };
     let max_variants = r.max_variants.unwrap_or(16);
+    if max_variants == 0 {
+        e.push(format!("{at}.max_variants: must be at least 1"));
+    }
     let vary = r
         .vary
         .unwrap_or_default()
