@@ -563,3 +563,55 @@ async fn an_old_date_ages_the_response_on_arrival() {
         "an hour old with ten minutes of freshness: stale"
     );
 }
+
+#[tokio::test]
+async fn concurrent_callers_each_get_their_own_identity_and_variant() {
+    let origin = Origin::start(|r| {
+        let who = header(r, "authorization").unwrap_or("-");
+        let lang = header(r, "accept-language").unwrap_or("-");
+        Reply::json(format!("{who}|{lang}"))
+            .header("vary", "Accept-Language")
+            .header("cache-control", "max-age=600")
+            .delay(std::time::Duration::from_millis(5))
+    })
+    .await;
+    let extra = r#"
+[[route]]
+name = "mine"
+match = "GET /me/{*rest}"
+scope = "identity"
+"#;
+    let sc = Arc::new(Sidecache::start(&origin, extra).await);
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let sc = sc.clone();
+            tokio::spawn(async move {
+                let who = format!("Bearer u{}", i % 5);
+                let lang = ["en", "fr", "de"][i % 3];
+                let r = sc
+                    .get_with(
+                        "/me/profile",
+                        &[("authorization", &who), ("accept-language", lang)],
+                    )
+                    .await;
+                assert_eq!(r.text(), format!("{who}|{lang}"), "{r:?}");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 15 identity x language pairs, each fetched at least once and served its own after.
+    assert!(origin.hits() >= 15);
+    for i in 0..15 {
+        let who = format!("Bearer u{}", i % 5);
+        let lang = ["en", "fr", "de"][i % 3];
+        let r = sc
+            .get_with(
+                "/me/profile",
+                &[("authorization", &who), ("accept-language", lang)],
+            )
+            .await;
+        assert_eq!(r.text(), format!("{who}|{lang}"));
+    }
+}
