@@ -116,6 +116,7 @@ fn group_entry() -> Entry {
         stored_at_ms: clock::now_ms(),
         initial_age: 0,
         ttl_ms: 3_600_000,
+        flags: policy::flags::LAST_MODIFIED,
     };
     let tags = ["group:VIP", "group:VIP:EURUSD"];
     Entry::new(meta, &h, &body, &tags, PATH)
@@ -202,6 +203,9 @@ fn benches(c: &mut Criterion) {
             let key = key::derive(&m.route.config, m.params.as_slice(), None, &req_headers).ok()?;
             let now_ms = clock::now_ms();
             let entry = l1.get(&key, now_ms)?;
+            if entry.is_marker() {
+                return None;
+            }
             match entry.freshness(now_ms) {
                 Freshness::Fresh {
                     age_secs,
@@ -214,7 +218,7 @@ fn benches(c: &mut Criterion) {
                     ttl_left_secs,
                     Served::Hit,
                 )),
-                Freshness::Stale => None,
+                _ => None,
             }
         })
     });

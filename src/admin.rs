@@ -161,7 +161,7 @@ impl Admin {
                     name: &r.config.name,
                     matches: &r.config.matcher.text,
                     scope: r.config.scope.as_str(),
-                    ttl_seconds: r.config.ttl.as_secs(),
+                    ttl_seconds: r.config.ttl.map(|t| t.as_secs()),
                 })
                 .collect(),
         };
@@ -301,7 +301,7 @@ impl Admin {
             "route": route.name,
             "match": route.matcher.text,
             "scope": route.scope.as_str(),
-            "ttl_seconds": route.ttl.as_secs(),
+            "ttl_seconds": route.ttl.map(|t| t.as_secs()),
             "tags": tags,
         });
         let key = match key::derive(route, m.params.as_slice(), query, req.headers()) {
@@ -332,7 +332,7 @@ impl Admin {
             } => {
                 json!({"present": true, "status": e.status().as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag())})
             }
-            Freshness::Stale => json!({"present": true, "stale": true}),
+            state => json!({"present": true, "stale": true, "state": state.as_str()}),
         };
         out["l1"] = self
             .l1

@@ -32,6 +32,7 @@
 //! ```text
 //! accept → route ─┬─ not cached ─→ forward untouched (streamed) ─→ respond
 //!                 └─ cached ─→ key → L1 ─┬─ fresh hit ─→ respond 200/304 (+ Age, ETag, Cache-Status)
+//!                                        ├─ stale / no-cache ─→ coalesce ─→ conditional request → 304: refresh → respond
 //!                                        └─ miss ─→ coalesce ─→ forward → store if cacheable → respond
 //! ```
 

@@ -16,7 +16,6 @@ const ROUTES: &str = r#"
 name = "files"
 match = "GET /files/{*path}"
 ttl = "1h"
-statuses = [200, 206]
 "#;
 
 async fn start() -> (Origin, Sidecache) {

@@ -32,7 +32,8 @@ pub struct RouteInfo<'a> {
     pub name: &'a str,
     pub matches: &'a str,
     pub scope: &'a str,
-    pub ttl_seconds: u64,
+    /// `None`: freshness from the response alone.
+    pub ttl_seconds: Option<u64>,
 }
 
 /// The registry's families by name.
@@ -221,7 +222,10 @@ fn routes(f: &Families, ctx: &Context<'_>) -> Vec<Value> {
             v.insert("route".into(), json!(name));
             v.insert("match".into(), json!(info.map(|r| r.matches)));
             v.insert("scope".into(), json!(info.map(|r| r.scope)));
-            v.insert("ttl_seconds".into(), json!(info.map(|r| r.ttl_seconds)));
+            v.insert(
+                "ttl_seconds".into(),
+                json!(info.and_then(|r| r.ttl_seconds)),
+            );
             v.insert("requests".into(), json!(requests));
             v.insert("outcomes".into(), json!(outcomes));
             v.insert("errors_5xx".into(), json!(errors));
@@ -343,13 +347,13 @@ mod tests {
                     name: "group",
                     matches: "GET /api/groups/{group}/{symbol}",
                     scope: "shared",
-                    ttl_seconds: 3600,
+                    ttl_seconds: Some(3600),
                 },
                 RouteInfo {
                     name: "price",
                     matches: "GET /api/prices/{symbol}",
                     scope: "shared",
-                    ttl_seconds: 1,
+                    ttl_seconds: Some(1),
                 },
             ],
         };

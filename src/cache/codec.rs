@@ -1,8 +1,8 @@
 //! The L2 entry format: compact, binary, versioned.
 //!
 //! ```text
-//! "SC" version:u8=1
-//! status:u16 stored_at_ms:u64 initial_age:u64 ttl_ms:u64 last_modified:u64
+//! "SC" version:u8=2
+//! status:u16 stored_at_ms:u64 initial_age:u64 ttl_ms:u64 last_modified:u64 flags:u16
 //! etag:(u16 len, bytes)
 //! headers:u16 count, each (u16 name len, name, u32 value len, value)
 //! tags:u16 count, each (u16 len, bytes)
@@ -11,6 +11,9 @@
 //! ```
 //! All integers big-endian. A reader meets an unknown version or any inconsistency as a
 //! [`DecodeError`] and treats the value as a miss; the next fill overwrites it.
+//!
+//! Version 2 added `flags` (`policy::flags`): version 1 entries, whose ETag may be a derived
+//! one claimed strong and whose `last_modified` may be a `Date`, are read as misses.
 //!
 //! The format does not follow L1's packed layout (`entry.rs`): it is the contract between pods
 //! of different versions sharing one Redis, and rebuilding the packed form costs one copy of a
@@ -22,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use super::{Entry, Meta};
 
 const MAGIC: &[u8; 2] = b"SC";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -42,8 +45,9 @@ pub fn encode(e: &Entry) -> Bytes {
     b.put_u64(e.initial_age());
     b.put_u64(e.ttl_ms());
     b.put_u64(e.last_modified());
+    b.put_u16(e.flags());
     put16(&mut b, e.etag());
-    // What every answer adds (`Age`, `Cache-Status`) is not stored, as in version 1's writers.
+    // What every answer adds (`Age`, `Cache-Status`) is not stored.
     b.put_u16(e.headers().count() as u16);
     for (k, v) in e.headers() {
         put16(&mut b, k.as_str().as_bytes());
@@ -118,6 +122,7 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     let initial_age = r.u64()?;
     let ttl_ms = r.u64()?;
     let last_modified = r.u64()?;
+    let flags = r.u16()?;
     let etag =
         HeaderValue::from_maybe_shared(r.bytes16()?).map_err(|_| DecodeError::Invalid("etag"))?;
     let n = r.u16()? as usize;
@@ -153,6 +158,7 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
         stored_at_ms,
         initial_age,
         ttl_ms,
+        flags,
     };
     Ok(Entry::new(meta, &headers, &body, &tags, path))
 }
@@ -173,6 +179,7 @@ mod tests {
             stored_at_ms: 1_700_000_000_123,
             initial_age: 3,
             ttl_ms: 60_000,
+            flags: crate::cache::policy::flags::NO_CACHE,
         };
         let tags = ["group:VIP", "group:VIP:EURUSD"];
         Entry::new(
@@ -200,42 +207,16 @@ mod tests {
         assert_eq!(d.path(), "/api/groups/VIP/EURUSD?x=1");
     }
 
-    /// Version 1 as the writers before the packed entry wrote it: `Age` and `Cache-Status`
-    /// slots among the fields, which an answer replaces anyway.
+    /// Version 1 entries (before `flags`) are misses, never misread.
     #[test]
-    fn reads_what_earlier_writers_wrote() {
+    fn version_1_is_not_read() {
         let mut b = BytesMut::new();
         b.put_slice(b"SC\x01");
         b.put_u16(200);
-        for n in [5u64, 0, 60_000, 7] {
-            b.put_u64(n);
-        }
-        put16(&mut b, b"\"e\"");
-        let fields: [(&str, &str); 4] = [
-            ("etag", "\"e\""),
-            ("content-length", "2"),
-            ("age", "0"),
-            ("cache-status", "sidecache"),
-        ];
-        b.put_u16(fields.len() as u16);
-        for (n, v) in fields {
-            put16(&mut b, n.as_bytes());
-            b.put_u32(v.len() as u32);
-            b.put_slice(v.as_bytes());
-        }
-        b.put_u16(1);
-        put16(&mut b, b"t");
-        put16(&mut b, b"/p");
-        b.put_u32(2);
-        b.put_slice(b"ok");
-        let d = decode(b.freeze()).unwrap();
-        assert_eq!(d.stored_at_ms(), 5);
-        assert_eq!(d.last_modified(), 7);
-        assert_eq!(d.etag(), b"\"e\"");
-        assert_eq!(&d.body()[..], b"ok");
-        assert_eq!(d.headers().count(), 2);
-        assert!(d.tags().eq(["t"]));
-        assert_eq!(d.path(), "/p");
+        assert_eq!(
+            decode(b.freeze()).unwrap_err(),
+            DecodeError::UnknownVersion(1)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! [stored_at_ms: u64] [ttl_ms: u64] [last_modified: u32] [initial_age: u32] [status: u16]
-//! [etag: u16] [path_at: u32] [body_at: u32]
+//! [etag: u16] [path_at: u32] [body_at: u32] [flags: u16]
 //! [value ends: u32 each] [field values] [tags: (u16 len, bytes) each] [path] [body]
 //! ```
 //!
@@ -43,6 +43,8 @@ pub struct Meta {
     pub initial_age: u64,
     /// Freshness lifetime in milliseconds, counted from `stored_at_ms - initial_age`.
     pub ttl_ms: u64,
+    /// `policy::flags` bits: how it may be served and revalidated.
+    pub flags: u16,
 }
 
 #[derive(Clone)]
@@ -72,8 +74,9 @@ const STATUS: usize = 24;
 const ETAG: usize = 26;
 const PATH_AT: usize = 28;
 const BODY_AT: usize = 32;
+const FLAGS: usize = 36;
 /// Where the value ends begin.
-const HEAD: usize = 36;
+const HEAD: usize = 38;
 
 /// Every allocation costs malloc's chunk header and rounding on top of what was asked for
 /// (glibc: 8 bytes of header, 16-byte granularity).
@@ -85,8 +88,9 @@ const FIXED_BYTES: usize = 16 + MALLOC_OVERHEAD;
 
 impl Entry {
     /// Stores `headers` (the fields every answer from this entry carries: hop-by-hop fields
-    /// already removed), less `Age` and `Cache-Status`, which each answer sets anew. Without a
-    /// strong `ETag` among them, one computed from the body is stored instead of theirs.
+    /// already removed), less `Age` and `Cache-Status`, which each answer sets anew. The
+    /// origin's `ETag` is kept as it is (weak or strong); without one, a weak one computed
+    /// from the body is stored and `flags::ETAG_DERIVED` set.
     pub fn new(
         meta: Meta,
         headers: &HeaderMap,
@@ -94,9 +98,14 @@ impl Entry {
         tags: &[impl AsRef<str>],
         path: &str,
     ) -> Entry {
+        let mut meta = meta;
+        // A refreshed entry keeps its derived ETag among its fields: the bit is kept then.
         let computed_etag = match headers.get(header::ETAG) {
-            Some(e) if policy::is_strong_etag(e) => None,
-            _ => Some(policy::body_etag(body)),
+            Some(_) => None,
+            None => {
+                meta.flags |= policy::flags::ETAG_DERIVED;
+                Some(policy::body_etag(body))
+            }
         };
         let fields: Vec<(&HeaderName, &HeaderValue)> = headers
             .iter()
@@ -150,6 +159,7 @@ impl Entry {
         put(&mut buf, ETAG, &etag.to_le_bytes());
         put(&mut buf, PATH_AT, &path_at.to_le_bytes());
         put(&mut buf, BODY_AT, &body_at.to_le_bytes());
+        put(&mut buf, FLAGS, &meta.flags.to_le_bytes());
         Entry {
             shape,
             // One exactly sized copy: the vector's allocation goes, the entry's stays.
@@ -164,7 +174,18 @@ impl Entry {
             stored_at_ms: self.stored_at_ms(),
             initial_age: self.initial_age(),
             ttl_ms: self.ttl_ms(),
+            flags: self.flags(),
         }
+    }
+
+    /// See [`Meta::flags`].
+    pub fn flags(&self) -> u16 {
+        self.u16_at(FLAGS)
+    }
+
+    /// A Vary marker, never served (see `policy::vary`).
+    pub fn is_marker(&self) -> bool {
+        self.flags() & policy::flags::VARY_MARKER != 0
     }
 
     pub fn status(&self) -> StatusCode {
@@ -194,14 +215,23 @@ impl Entry {
             self.stored_at_ms(),
             self.initial_age(),
             self.ttl_ms(),
+            self.flags(),
             now_ms,
         )
     }
 
+    pub fn age_ms(&self, now_ms: u64) -> u64 {
+        policy::age_ms(self.stored_at_ms(), self.initial_age(), now_ms)
+    }
+
     /// Milliseconds of freshness left at `now_ms`; 0 once stale.
     pub fn ttl_left_ms(&self, now_ms: u64) -> u64 {
-        let age_ms = policy::age_ms(self.stored_at_ms(), self.initial_age(), now_ms);
-        self.ttl_ms().saturating_sub(age_ms)
+        self.ttl_ms().saturating_sub(self.age_ms(now_ms))
+    }
+
+    /// Milliseconds the tiers keep it from `now_ms` (`policy::retention_ms`); 0 once past.
+    pub fn retain_left_ms(&self, now_ms: u64) -> u64 {
+        policy::retention_ms(self.ttl_ms(), self.flags()).saturating_sub(self.age_ms(now_ms))
     }
 
     /// The buffer as [`Bytes`], to slice the body and field values from: one small allocation
@@ -218,11 +248,16 @@ impl Entry {
         self.parts().body()
     }
 
+    /// The body as a slice of the entry (no reference count taken).
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.data[self.body_at()..]
+    }
+
     pub fn body_len(&self) -> usize {
         self.data.len() - self.body_at()
     }
 
-    /// The strong validator, also among the stored fields.
+    /// The validator, also among the stored fields: the origin's, or a derived weak one.
     pub fn etag(&self) -> &[u8] {
         &self.data[self.value_range(self.u16_at(ETAG) as usize)]
     }
@@ -340,6 +375,7 @@ mod tests {
             stored_at_ms: 2,
             initial_age: 3,
             ttl_ms: 4,
+            flags: policy::flags::MUST_REVALIDATE,
         }
     }
 
@@ -353,6 +389,7 @@ mod tests {
         h.append("x-entry-test", HeaderValue::from_static("b"));
         let e = Entry::new(meta(), &h, b"body", &["t:1", "t:2"], "/p?q=1");
         assert_eq!(e.meta(), meta());
+        assert_eq!(e.flags(), policy::flags::MUST_REVALIDATE);
         assert_eq!(&e.body()[..], b"body");
         assert_eq!(e.body_len(), 4);
         assert_eq!(e.etag(), b"\"v1\"");
@@ -372,14 +409,20 @@ mod tests {
     }
 
     #[test]
-    fn a_weak_or_missing_etag_is_replaced_by_the_body_hash() {
+    fn the_origins_etag_is_kept_and_a_missing_one_derived_weak() {
         let mut h = HeaderMap::new();
         h.insert(header::ETAG, HeaderValue::from_static("W/\"weak\""));
         let e = Entry::new(meta(), &h, b"x", &[] as &[&str], "");
-        assert_eq!(e.etag(), policy::body_etag(b"x").as_bytes());
+        assert_eq!(e.etag(), b"W/\"weak\"");
+        assert_eq!(e.flags() & policy::flags::ETAG_DERIVED, 0);
         assert_eq!(e.headers().count(), 1);
         let none = Entry::new(meta(), &HeaderMap::new(), b"x", &[] as &[&str], "");
-        assert_eq!(none.etag(), e.etag());
+        assert_eq!(none.etag(), policy::body_etag(b"x").as_bytes());
+        assert!(none.etag().starts_with(b"W/"));
+        assert_eq!(
+            none.flags(),
+            policy::flags::ETAG_DERIVED | policy::flags::MUST_REVALIDATE
+        );
         assert_eq!(none.tags().count(), 0);
     }
 }

@@ -13,8 +13,8 @@
 //! every lookup, and swept out with the tag index.
 //!
 //! Whether an entry may be *served* is still decided by `policy::freshness` with an explicit
-//! `now`; the deadline here only bounds how long L1 keeps it (the freshness lifetime, capped by
-//! the hard `max_age`).
+//! `now`; the deadline here only bounds how long L1 keeps it (the retention: the freshness
+//! lifetime, longer for an entry that can be revalidated; capped by the hard `max_age`).
 //!
 //! # No stale write-back
 //!
@@ -452,15 +452,16 @@ impl L1 {
         (self.map.len() as u64, self.map.weight())
     }
 
-    /// Until when L1 keeps `entry`, stored at `now_ms`: the end of its freshness lifetime,
-    /// or `max_age` (`degraded_max_age` while degraded) if sooner.
+    /// Until when L1 keeps `entry`, stored at `now_ms`: the end of its retention (its
+    /// freshness lifetime, longer when it can be revalidated: `policy::retention_ms`), or
+    /// `max_age` (`degraded_max_age` while degraded) if sooner.
     fn expires_ms(&self, entry: &Entry, now_ms: u64) -> u64 {
         let max_age = if self.is_degraded() {
             self.state.degraded_max_age
         } else {
             self.state.max_age
         };
-        let keep_ms = entry.ttl_left_ms(now_ms).min(max_age.as_millis() as u64);
+        let keep_ms = entry.retain_left_ms(now_ms).min(max_age.as_millis() as u64);
         now_ms.saturating_add(keep_ms)
     }
 
@@ -501,6 +502,7 @@ mod tests {
             stored_at_ms: clock::now_ms(),
             initial_age: 0,
             ttl_ms: 60_000,
+            flags: 0,
         };
         Entry::new(meta, &HeaderMap::new(), b"x", tags, "")
     }

@@ -5,10 +5,15 @@
 //! ```text
 //! {prefix}:ns                                     the namespace number (purge-all bumps it)
 //! {prefix}:<ns>:{t:<hash(primary tag)>}:e:<key>   the entry (codec format), with a PX TTL
+//! {prefix}:<ns>:{t:<hash(primary tag)>}:e:<key>:v:<secondary>   a Vary variant of it
 //! {prefix}:<ns>:{t:<hash(primary tag)>}:l:<key>   the fill lease: a token, SET NX PX lease
 //! {prefix}:<ns>:{t:<hash(tag)>}:keys              the entries of one tag (a set), with a TTL
 //! {prefix}:<ns>:{<key>}:e  {prefix}:<ns>:{<key>}:l   entry and lease of a route without tags
+//! {prefix}:<ns>:{<key>}:e:v:<secondary>           a variant of it
 //! ```
+//!
+//! A key whose responses carry `Vary` holds a marker (`policy::vary`) and its variants sit
+//! beside it, in its slot and under its lease: one put writes the marker and the variant.
 //!
 //! Purging everything bumps the namespace: every pod switches to fresh names at once (the
 //! number travels with the purge message, and is re-read after any pub/sub gap), a fill from
@@ -35,12 +40,14 @@ use super::{codec, CacheKey, Entry};
 use crate::config::L2Config;
 use crate::redis::Redis;
 
-/// Stores the entry only if the caller still holds the lease.
-/// KEYS[1] entry, KEYS[2] lease; ARGV[1] token, ARGV[2] payload, ARGV[3] TTL in ms.
+/// Stores the entries only if the caller still holds the lease.
+/// KEYS[1] lease, KEYS[2..] entries; ARGV[1] token, then each entry's payload and TTL in ms.
 const PUT_SCRIPT: &str = r"
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  for i = 2, #KEYS do
+    redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'PX', ARGV[2 * i - 1])
+  end
+  redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
@@ -178,6 +185,11 @@ impl L2 {
         })
     }
 
+    /// The Redis name of the variant `secondary` of the entry `k` (same slot, same lease).
+    pub fn variant(k: &L2Key, secondary: CacheKey) -> String {
+        format!("{}:v:{secondary}", k.entry)
+    }
+
     /// The set of entry keys carrying `tag`.
     fn tag_set(&self, ns: u64, tag: &str) -> String {
         format!("{}:{ns}:{{t:{}}}:keys", self.prefix, tag_hash(tag))
@@ -244,15 +256,19 @@ impl L2 {
 
     /// One round trip: `GET entry`.
     pub async fn get(&self, k: &L2Key) -> L2Read {
+        self.get_name(&k.entry).await
+    }
+
+    async fn get_name(&self, name: &str) -> L2Read {
         let mut get = Cmd::new();
-        get.arg("GET").arg(&k.entry);
-        match self.redis.exec("get", vec![(k.entry.clone(), get)]).await {
+        get.arg("GET").arg(name);
+        match self.redis.exec("get", vec![(name.to_string(), get)]).await {
             Err(_) => L2Read::Unavailable,
             Ok(v) => match v.into_iter().next() {
                 Some(Value::BulkString(bytes)) => match codec::decode(Bytes::from(bytes)) {
                     Ok(e) => L2Read::Hit(Box::new(e)),
                     Err(error) => {
-                        tracing::warn!(key = %k.entry, ?error, "Unreadable L2 entry; treating it as a miss.");
+                        tracing::warn!(key = %name, ?error, "Unreadable L2 entry; treating it as a miss.");
                         L2Read::Corrupt
                     }
                 },
@@ -301,27 +317,60 @@ impl L2 {
     /// Stores `entry` if the lease `token` still holds, and extends the tag sets' TTLs; one
     /// pipelined write. Returns whether the entry was stored.
     pub async fn put(&self, k: &L2Key, token: &str, entry: &Entry, now_ms: u64) -> bool {
-        let ttl_ms = entry.ttl_left_ms(now_ms);
-        if ttl_ms == 0 {
+        self.put_all(k, token, &[(&k.entry, entry)], now_ms).await
+    }
+
+    /// Stores `entries` (each under its Redis name, all in `k`'s slot: `k.entry` and its
+    /// variants) if the lease `token` of `k` still holds; registers them in the tag sets and
+    /// extends the sets' TTLs. One pipelined write. Returns whether they were stored.
+    pub async fn put_all(
+        &self,
+        k: &L2Key,
+        token: &str,
+        entries: &[(&String, &Entry)],
+        now_ms: u64,
+    ) -> bool {
+        // Kept as long as it may be revalidated, not only while fresh.
+        let ttls: Vec<u64> = entries
+            .iter()
+            .map(|(_, e)| e.retain_left_ms(now_ms))
+            .collect();
+        let max_ttl = ttls.iter().copied().max().unwrap_or(0);
+        if ttls.contains(&0) {
             self.release(k, token).await;
             return false;
         }
-        let mut cmds = Vec::with_capacity(1 + 2 * k.tag_sets.len());
+        let mut cmds = Vec::with_capacity(1 + 3 * k.tag_sets.len());
         let mut put = Cmd::new();
         put.arg("EVAL")
             .arg(PUT_SCRIPT)
-            .arg(2)
-            .arg(&k.entry)
-            .arg(&k.lease)
-            .arg(token)
-            .arg(codec::encode(entry).as_ref())
-            .arg(ttl_ms);
+            .arg(1 + entries.len())
+            .arg(&k.lease);
+        for (name, _) in entries {
+            put.arg(name.as_str());
+        }
+        put.arg(token);
+        for ((_, e), ttl) in entries.iter().zip(&ttls) {
+            put.arg(codec::encode(e).as_ref()).arg(*ttl);
+        }
         cmds.push((k.entry.clone(), put));
         for ts in &k.tag_sets {
+            // `acquire` registered `k.entry`; variants are registered here, so that a tag's
+            // invalidation deletes them too.
+            let others: Vec<&str> = entries
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .filter(|n| *n != k.entry)
+                .collect();
+            if !others.is_empty() {
+                let mut sadd = Cmd::new();
+                sadd.arg("SADD").arg(ts).arg(others);
+                cmds.push((ts.clone(), sadd));
+            }
             // NX sets a TTL on a set that lost it; GT only ever extends it.
             for flag in ["NX", "GT"] {
                 let mut exp = Cmd::new();
-                exp.arg("PEXPIRE").arg(ts).arg(ttl_ms).arg(flag);
+                exp.arg("PEXPIRE").arg(ts).arg(max_ttl).arg(flag);
                 cmds.push((ts.clone(), exp));
             }
         }
@@ -329,6 +378,11 @@ impl L2 {
             Ok(v) => matches!(v.first(), Some(Value::Int(1))),
             Err(_) => false,
         }
+    }
+
+    /// One round trip: `GET` of a variant's name.
+    pub async fn get_variant(&self, name: &str) -> L2Read {
+        self.get_name(name).await
     }
 
     /// Gives the lease back (the response was not cacheable), so other pods stop waiting.
@@ -345,14 +399,16 @@ impl L2 {
             .await;
     }
 
-    /// Waits up to `lease_wait` for another pod's fill of `k` to appear; `None` on timeout.
-    pub async fn wait_for_fill(&self, k: &L2Key) -> Option<Entry> {
+    /// Waits up to `lease_wait` for another pod's fill of `k` to appear (an entry stored after
+    /// `after_ms`: not the stale one being revalidated); `None` on timeout.
+    pub async fn wait_for_fill(&self, k: &L2Key, after_ms: u64) -> Option<Entry> {
         let deadline = tokio::time::Instant::now() + self.lease_wait;
         let mut pause = Duration::from_millis(2);
         loop {
             tokio::time::sleep(pause).await;
             match self.get(k).await {
-                L2Read::Hit(e) => return Some(*e),
+                L2Read::Hit(e) if e.stored_at_ms() > after_ms => return Some(*e),
+                L2Read::Hit(_) => {}
                 L2Read::Unavailable => return None,
                 L2Read::Miss | L2Read::Corrupt => {}
             }

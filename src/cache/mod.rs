@@ -42,10 +42,12 @@ pub enum CacheOutcome {
     Limited,
     /// Refused by sidecache as malformed (400) before any cache work.
     Rejected,
+    /// A stored entry revalidated with the upstream (a `304`): refreshed and served.
+    Revalidated,
 }
 
 impl CacheOutcome {
-    pub const ALL: [CacheOutcome; 9] = [
+    pub const ALL: [CacheOutcome; 10] = [
         Self::Hit,
         Self::HitL2,
         Self::Miss,
@@ -55,6 +57,7 @@ impl CacheOutcome {
         Self::Error,
         Self::Limited,
         Self::Rejected,
+        Self::Revalidated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl CacheOutcome {
             Self::Error => "error",
             Self::Limited => "limited",
             Self::Rejected => "rejected",
+            Self::Revalidated => "revalidated",
         }
     }
 }

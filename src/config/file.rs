@@ -110,11 +110,15 @@ pub struct RouteFile {
     /// `"GET /path/{param}/..."`. Only GET routes are cached (HEAD is served from them).
     #[serde(rename = "match")]
     pub match_: Option<String>,
-    /// Freshness lifetime when the upstream gives none (or always, with
-    /// `honor_upstream = false`). Required.
+    /// Freshness lifetime when the upstream's `Cache-Control` gives none (or always, with
+    /// `honor_upstream = false`). Without it, freshness comes from the response alone
+    /// (RFC 9111 §4.2.1): `s-maxage`, `max-age`, `Expires` - `Date`, then the heuristic below.
+    /// Default: unset.
     pub ttl: Option<String>,
     /// `"shared"` (default): one entry for every caller. `"identity"`: the caller identity is
-    /// part of the key, so one caller's response is never served to another.
+    /// part of the key, so one caller's response is never served to another. Left unset, a
+    /// request with `Authorization` is stored only when the response says `public`,
+    /// `s-maxage` or `must-revalidate` (RFC 9111 §3.5), and `check` warns.
     pub scope: Option<String>,
     /// Header holding the caller identity for `scope = "identity"`. Default `"authorization"`.
     pub identity_header: Option<String>,
@@ -126,13 +130,30 @@ pub struct RouteFile {
     /// `Cache-Control` sent to the client on responses of this route; by default the
     /// upstream's is passed on.
     pub cache_control: Option<String>,
-    /// Response statuses that may be stored. Default `[200, 203, 204, 300, 301, 308]`.
+    /// Response statuses that may be stored: any final status but 206 and 304. Those outside
+    /// `[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501]` need explicit freshness from
+    /// the upstream (or the route's `ttl`). Default: `[200, 203, 204, 300, 301, 308]` with a
+    /// `ttl`; every storable status without.
     pub statuses: Option<Vec<u16>>,
-    /// Request headers whose values are part of the key (e.g. `"accept-language"`).
-    /// A response that varies on any other header is not stored. Default `[]`.
+    /// Request headers whose values are part of the key (e.g. `"accept-language"`), for
+    /// upstreams that vary without saying `Vary`. A response whose `Vary` names other headers
+    /// is stored as one of several variants. Default `[]`.
     pub vary: Option<Vec<String>>,
     /// Query parameters left out of the key (e.g. tracking parameters). Default `[]`.
     pub ignore_query: Option<Vec<String>>,
+    /// Honour the request's `Cache-Control` (`no-store`, `no-cache`, `max-age`, `min-fresh`,
+    /// `max-stale`, `only-if-cached`). Default `true` on a catch-all route (`{*name}`),
+    /// `false` otherwise.
+    pub honor_request: Option<bool>,
+    /// Heuristic freshness for a response without explicit freshness but with
+    /// `Last-Modified`: this fraction of `Date - Last-Modified` (RFC 9111 §4.2.2), from 0 to 1.
+    /// Only without `ttl`. Default `0.1`.
+    pub heuristic: Option<f64>,
+    /// The longest heuristic freshness. Default `"1d"`.
+    pub heuristic_max: Option<String>,
+    /// Variants of one resource (responses with `Vary`) kept at most; storing one more starts
+    /// a new generation, and the older variants are dropped. Default `16`.
+    pub max_variants: Option<u16>,
 }
 
 /// `[l2]`: the shared tier in Redis. Without this section sidecache runs L1-only.

@@ -247,8 +247,12 @@ impl Scope {
 pub struct RouteConfig {
     pub name: String,
     pub matcher: MatchTemplate,
-    pub ttl: Duration,
+    /// The route's freshness lifetime; `None`: from the response alone (RFC 9111 §4.2.1).
+    pub ttl: Option<Duration>,
     pub scope: Scope,
+    /// Whether `scope` was written in the file (an unset shared scope is careful with
+    /// `Authorization`, RFC 9111 §3.5).
+    pub scope_explicit: bool,
     pub identity_header: HeaderName,
     pub tags: Vec<Template>,
     pub honor_upstream: bool,
@@ -256,6 +260,14 @@ pub struct RouteConfig {
     pub statuses: Vec<u16>,
     pub vary: Vec<HeaderName>,
     pub ignore_query: Vec<String>,
+    /// Honour the request's `Cache-Control` (RFC 9111 §5.2.1).
+    pub honor_request: bool,
+    /// Heuristic freshness: this fraction of `Date - Last-Modified` (RFC 9111 §4.2.2)...
+    pub heuristic: f64,
+    /// ... at most this long.
+    pub heuristic_max: Duration,
+    /// Variants (responses with `Vary`) kept per primary key at most.
+    pub max_variants: u16,
 }
 
 /// Every problem found in a config, each as `key: message`.

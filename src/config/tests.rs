@@ -263,8 +263,13 @@ fn routes_that_match_the_same_requests_are_a_warning_not_an_error() {
         "#,
     )
     .unwrap();
-    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].contains("`a`") && c.warnings[0].contains("`b`"));
+    let same: Vec<&String> = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("match the same"))
+        .collect();
+    assert_eq!(same.len(), 1, "{:?}", c.warnings);
+    assert!(same[0].contains("`a`") && same[0].contains("`b`"));
     let err = Config::parse(
         r#"
         [upstream]
@@ -277,4 +282,55 @@ fn routes_that_match_the_same_requests_are_a_warning_not_an_error() {
     )
     .unwrap_err();
     assert!(err.0[0].contains("last segment"), "{err}");
+}
+
+#[test]
+fn routes_without_an_explicit_scope_are_a_warning() {
+    let c = Config::parse(
+        r#"
+        [upstream]
+        url = "http://127.0.0.1:1"
+        [[route]]
+        name = "implicit"
+        match = "GET /a/{*rest}"
+        [[route]]
+        name = "explicit"
+        match = "GET /b"
+        ttl = "1s"
+        scope = "shared"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("route `implicit`: `scope` is not set"));
+    let r = &c.routes[0];
+    assert!(r.ttl.is_none() && r.honor_request && !r.scope_explicit);
+    assert!(r.statuses.contains(&404) && r.statuses.contains(&500));
+    assert!(!r.statuses.contains(&206) && !r.statuses.contains(&304));
+    assert!(!c.routes[1].honor_request && c.routes[1].scope_explicit);
+    assert_eq!(c.routes[1].statuses, [200, 203, 204, 300, 301, 308]);
+    let err = Config::parse(
+        r#"
+        [upstream]
+        url = "http://127.0.0.1:1"
+        [[route]]
+        name = "r"
+        match = "GET /r"
+        statuses = [206, 199, 404]
+        heuristic = 2.0
+        heuristic_max = "soon"
+        max_variants = 0
+        "#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "206 cannot be stored",
+        "199 cannot be stored",
+        "heuristic: 2",
+        "heuristic_max",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    assert!(!text.contains("404"), "{text}");
 }

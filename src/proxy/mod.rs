@@ -5,9 +5,16 @@
 //!   ─→ admit (rate limits) ─┬─ write rule, or unsafe method (§4.4) ─→ forward ─→ invalidate (also when the outcome is unknown) ─→ respond   (write.rs)
 //!                           ├─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
 //!                           └─ cached route ─┬─ a body, or no identity ─→ forward uncached (Cache-Status says why)
-//!                                            └─ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
-//!                                                                 └─ miss ─→ coalesce ─┬─ leader ─→ forward (quiet connection) ─→ store? ─→ respond
-//!                                                                                      └─ follower ─→ wait ─→ respond
+//!                                            └─ key ─→ lookup L1 (a Vary marker ─→ the variant's key)
+//!                                                 ├─ usable (fresh, or as the request's directives allow) ─→ respond (200|304, Age, Cache-Status)
+//!                                                 ├─ nothing usable, `only-if-cached` ─→ 504
+//!                                                 ├─ HEAD ─→ forward ─→ freshen the stored GET response (revalidate.rs)
+//!                                                 └─ miss / stale / no-cache ─→ coalesce ─┬─ leader ─→ L2 (marker, variant) ─┬─ usable ─→ promote ─→ respond
+//!                                                                                         │                                  └─ else ─→ fill
+//!                                                                                         └─ follower ─→ wait ─→ respond (a variant: look again)
+//! fill: forward (quiet connection; the stored entry's validators when it has one)
+//!   ├─ 304 ─→ revalidate: merge fields, new freshness ─→ store ─→ respond (`revalidated`)   (revalidate.rs)
+//!   └─ else ─→ storable? ─→ buffer ─→ store (L1 under the ticket, then L2 under the lease; a variant with its marker) ─→ respond   (store.rs)
 //! errors anywhere ─→ rescue (502 / 504 JSON naming the failing side; 400 / 408 for the client's body)
 //! ```
 //!
@@ -20,6 +27,8 @@ mod range;
 mod refuse;
 pub mod rescue;
 pub mod respond;
+mod revalidate;
+mod store;
 mod write;
 
 use std::future::Future;
@@ -37,7 +46,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::cache::l1::FillTicket;
-use crate::cache::policy::{self, Freshness};
+use crate::cache::policy::vary::Marker;
+use crate::cache::policy::{self, flags, Freshness, RequestDirectives};
 use crate::cache::{
     clock, key, CacheKey, CacheOutcome, Coalescer, Entry, FillState, Join, L2Key, L2Read, Lease,
     Meta, NoStoreReason, L1, L2,
@@ -127,8 +137,14 @@ enum Step {
     /// A cached route (its id) whose request must not use the cache (an identity scope the
     /// request does not carry, a body the key does not see): forwarded, marked with why.
     Uncached(usize, NoStoreReason, Outgoing<Incoming>),
-    /// A cached route, not answered from L1.
-    Miss(Request<Incoming>, Arc<Route>, CacheKey),
+    /// A cached route, not answered from L1: its primary key, and the request's directives
+    /// where the route honours them.
+    Miss(
+        Request<Incoming>,
+        Arc<Route>,
+        CacheKey,
+        Option<Box<RequestDirectives>>,
+    ),
 }
 
 /// What outlives a configuration: the tiers, in-flight fills, the invalidator, the metrics.
@@ -364,13 +380,23 @@ impl Proxy {
             }
         };
         let head = req.method() == Method::HEAD;
-        match self.lookup(&key, req.headers(), head, Served::Hit) {
-            Some((response, _)) => Step::Answered(Answer {
+        // Request directives, where the route honours them: parsed only when sent.
+        let rd = (route.config.honor_request && req.headers().contains_key(header::CACHE_CONTROL))
+            .then(|| Box::new(RequestDirectives::parse(req.headers())));
+        match self.lookup(&key, req.headers(), head, Served::Hit, rd.as_deref()) {
+            Looked::Answered(response, _) => Step::Answered(Answer {
                 response,
                 outcome: CacheOutcome::Hit,
                 route: Some(route.id),
             }),
-            None => Step::Miss(req, route.clone(), key),
+            Looked::Unusable(_) if rd.as_ref().is_some_and(|rd| rd.only_if_cached) => {
+                Step::Answered(Answer {
+                    response: respond::only_if_cached(),
+                    outcome: CacheOutcome::Miss,
+                    route: Some(route.id),
+                })
+            }
+            Looked::Unusable(_) => Step::Miss(req, route.clone(), key, rd),
         }
     }
 
@@ -386,9 +412,9 @@ impl Proxy {
                 let status = respond::bypassed(reason);
                 (Some(route), self.pass(out, rm, Some(status)).await)
             }
-            Step::Miss(req, route, key) => {
+            Step::Miss(req, route, key, rd) => {
                 let rm = self.routes.get(Some(route.id));
-                let answer = await_boxed!(self.cached(req, client, &route, rm, key));
+                let answer = await_boxed!(self.cached(req, client, &route, rm, key, rd));
                 (Some(route.id), answer)
             }
         };
@@ -409,44 +435,52 @@ impl Proxy {
             })
     }
 
-    /// After an L1 miss on a cached route: coalesce → (L2 | fill).
+    /// After L1 had nothing usable on a cached route: coalesce → (L2 | fill | revalidate).
     async fn cached(
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
         route: &Arc<Route>,
         rm: &RouteMetrics,
-        key: CacheKey,
+        primary: CacheKey,
+        rd: Option<Box<RequestDirectives>>,
     ) -> (Response<Body>, CacheOutcome) {
         // The caller already looked in L1.
         if req.method() == Method::HEAD {
-            // A HEAD miss cannot fill the cache (no body): forward it as it is.
-            let status = respond::bypassed(NoStoreReason::Head);
-            let out = self.upstream.encode(req, client, Instant::now());
-            return await_boxed!(self.pass(out, rm, Some(status)));
+            return await_boxed!(self.head(req, client, route, rm, primary));
         }
+        let rd = rd.as_deref();
         for _ in 0..MAX_JOIN_ATTEMPTS {
-            match self.coalescer.join(key) {
+            // Looked up again on every attempt: a marker may have appeared (see `Target`).
+            let target = match self.lookup(&primary, req.headers(), false, Served::Hit, rd) {
+                Looked::Answered(resp, _) => return (resp, CacheOutcome::Hit),
+                Looked::Unusable(target) => target,
+            };
+            match self.coalescer.join(target.key) {
                 Join::Leader(guard) => {
                     // Taken before anything is read, so an invalidation from here on is seen.
                     let ticket = self.l1.begin_fill();
                     // Re-check: a fill may have completed between our lookup and our join.
-                    if let Some((resp, entry)) =
-                        self.lookup(&key, req.headers(), false, Served::Hit)
-                    {
-                        guard.complete(FillState::Done(entry));
-                        return (resp, CacheOutcome::Hit);
-                    }
+                    let mut target =
+                        match self.lookup(&primary, req.headers(), false, Served::Hit, rd) {
+                            Looked::Answered(resp, entry) => {
+                                guard.complete(FillState::Done(entry));
+                                return (resp, CacheOutcome::Hit);
+                            }
+                            Looked::Unusable(t) if t.key == target.key => t,
+                            Looked::Unusable(_) => target,
+                        };
                     let tags = render_tags(route, &req);
-                    let (found, lease) = await_boxed!(self.l2_lookup(key, &tags));
+                    let (found, lease) =
+                        await_boxed!(self.l2_lookup(&mut target, &tags, req.headers(), rd));
                     if let Some(entry) = found {
-                        if let Some(answer) = self.promote(key, entry, req.headers(), ticket) {
+                        if let Some(answer) = self.promote(&target, entry, req.headers(), ticket) {
                             guard.complete(FillState::Done(answer.1));
                             return (answer.0, CacheOutcome::HitL2);
                         }
                     }
                     let fill = Fill {
-                        key,
+                        target,
                         tags,
                         lease,
                         guard,
@@ -457,6 +491,8 @@ impl Proxy {
                 Join::Follower(rx) => {
                     self.metrics.coalesced_wait(rm);
                     match crate::cache::coalesce::wait(rx).await {
+                        // A variant was chosen by the leader's request fields: look again.
+                        FillState::Done(entry) if entry.flags() & flags::VARIANT != 0 => continue,
                         FillState::Done(entry) => {
                             let now = clock::now_ms();
                             let (age, left) = match entry.freshness(now) {
@@ -464,7 +500,7 @@ impl Proxy {
                                     age_secs,
                                     ttl_left_secs,
                                 } => (age_secs, ttl_left_secs),
-                                Freshness::Stale => (entry.ttl_ms() / 1000, 0),
+                                _ => (entry.age_ms(now) / 1000, 0),
                             };
                             let served = Served::Collapsed {
                                 fwd_status: entry.status().as_u16(),
@@ -493,95 +529,178 @@ impl Proxy {
         await_boxed!(self.fetch_uncoalesced(req, client, route, rm))
     }
 
-    /// A fresh L1 entry for `key`, answered; and the entry.
+    /// The L1 entry for `primary` (through its Vary marker, if it has one), answered if the
+    /// request may use it; else where a fill stands.
     fn lookup(
         &self,
-        key: &CacheKey,
+        primary: &CacheKey,
         headers: &HeaderMap,
         head: bool,
         served: Served,
-    ) -> Option<(Response<Body>, Entry)> {
+        rd: Option<&RequestDirectives>,
+    ) -> Looked {
         let now_ms = clock::now_ms();
-        let entry = self.l1.get(key, now_ms)?;
+        let Some(mut entry) = self.l1.get(primary, now_ms) else {
+            return Looked::Unusable(Target::new(*primary));
+        };
+        let mut target = Target::new(*primary);
+        if entry.is_marker() {
+            let Some(marker) = Marker::decode(entry.body_bytes()) else {
+                return Looked::Unusable(target);
+            };
+            target.key = marker.secondary(*primary, headers);
+            target.marker = Some(entry);
+            match self.l1.get(&target.key, now_ms) {
+                Some(variant) => entry = variant,
+                None => return Looked::Unusable(target),
+            }
+        }
+        let accepted = |e: &Entry| {
+            rd.is_none_or(|rd| policy::satisfies(rd, e.age_ms(now_ms), e.ttl_ms(), e.flags()))
+        };
         match entry.freshness(now_ms) {
             Freshness::Fresh {
                 age_secs,
                 ttl_left_secs,
-            } => {
+            } if accepted(&entry) => {
                 let resp =
                     respond::from_entry(&entry, headers, head, age_secs, ttl_left_secs, served);
-                Some((resp, entry))
+                Looked::Answered(resp, entry)
             }
-            Freshness::Stale => None,
+            Freshness::Stale if rd.is_some() && accepted(&entry) => {
+                let age = entry.age_ms(now_ms) / 1000;
+                let resp = respond::from_entry(&entry, headers, head, age, 0, Served::Stale);
+                Looked::Answered(resp, entry)
+            }
+            _ => {
+                target.stale = Some(entry);
+                Looked::Unusable(target)
+            }
         }
     }
 
-    /// After an L1 miss: the entry from L2, or else the fill lease (when this pod won it),
-    /// or else the entry another pod's fill put in L2 while we waited.
+    /// After L1 had nothing usable: the entry from L2 if the request may use it, or else the
+    /// fill lease (when this pod won it), or else the entry another pod's fill put in L2
+    /// while we waited. Updates `target` with what L2 knows (its marker, a stale entry).
     async fn l2_lookup(
         &self,
-        key: CacheKey,
+        target: &mut Target,
         tags: &[String],
+        headers: &HeaderMap,
+        rd: Option<&RequestDirectives>,
     ) -> (Option<Entry>, Option<(L2Key, String)>) {
         let Some(l2) = &self.l2 else {
             return (None, None);
         };
-        let Some(l2key) = l2.key(key, tags).await else {
+        let Some(l2key) = l2.key(target.primary, tags).await else {
             self.metrics.l2_lookup("unavailable");
             return (None, None);
         };
         let read = l2.get(&l2key).await;
         self.metrics.l2_lookup(l2_read_label(&read));
-        if let L2Read::Hit(entry) = read {
-            // Redis expires by its own clock: an entry a few ms past its freshness is a miss,
-            // and this pod competes for the lease to refill it.
-            if is_fresh(&entry, clock::now_ms()) {
-                return (Some(*entry), None);
+        let found = match read {
+            L2Read::Hit(entry) => self.l2_variant(l2, &l2key, target, *entry, headers).await,
+            _ => None,
+        };
+        if let Some(entry) = found {
+            // Redis expires by its own clock, and keeps what may be revalidated: an entry
+            // the request may not use is a candidate for revalidation, and this pod competes
+            // for the lease to refresh it.
+            if usable(&entry, rd, clock::now_ms()) {
+                return (Some(entry), None);
+            }
+            if target
+                .stale
+                .as_ref()
+                .is_none_or(|s| s.stored_at_ms() < entry.stored_at_ms())
+            {
+                target.stale = Some(entry);
             }
         }
         match l2.acquire(&l2key).await {
             Lease::Acquired(token) => (None, Some((l2key, token))),
             Lease::Busy => {
-                let filled = l2.wait_for_fill(&l2key).await;
+                let after = target.stale.as_ref().map_or(0, Entry::stored_at_ms);
+                let filled = l2.wait_for_fill(&l2key, after).await;
                 self.metrics.l2_lease_wait(if filled.is_some() {
                     "filled"
                 } else {
                     "timeout"
                 });
-                (filled, None)
+                let filled = match filled {
+                    Some(entry) => self.l2_variant(l2, &l2key, target, entry, headers).await,
+                    None => None,
+                };
+                (filled.filter(|e| usable(e, rd, clock::now_ms())), None)
             }
             Lease::Unavailable => (None, None),
         }
     }
 
-    /// Serves an entry found in L2 and promotes it to L1 with its remaining lifetime.
+    /// What L2 holds for the request: `entry` itself, or, when it is a Vary marker, the
+    /// variant beside it that the request's fields select. `target` learns which.
+    async fn l2_variant(
+        &self,
+        l2: &L2,
+        l2key: &L2Key,
+        target: &mut Target,
+        entry: Entry,
+        headers: &HeaderMap,
+    ) -> Option<Entry> {
+        if !entry.is_marker() {
+            target.key = target.primary;
+            target.marker = None;
+            if target
+                .stale
+                .as_ref()
+                .is_some_and(|s| s.flags() & flags::VARIANT != 0)
+            {
+                // L1's variant is not what L2 now holds at the primary key.
+                target.stale = None;
+            }
+            return Some(entry);
+        }
+        let marker = Marker::decode(entry.body_bytes())?;
+        let secondary = marker.secondary(target.primary, headers);
+        if secondary != target.key {
+            // Another marker than L1's (or none there): L1's stale variant is not this one.
+            target.stale = None;
+        }
+        target.key = secondary;
+        target.marker = Some(entry);
+        match l2.get_variant(&L2::variant(l2key, secondary)).await {
+            L2Read::Hit(variant) if !variant.is_marker() => Some(*variant),
+            _ => None,
+        }
+    }
+
+    /// Serves an entry found in L2 and promotes it to L1 (with its marker, for a variant).
     fn promote(
         &self,
-        key: CacheKey,
+        target: &Target,
         entry: Entry,
         headers: &HeaderMap,
         ticket: FillTicket,
     ) -> Option<(Response<Body>, Entry)> {
-        let Freshness::Fresh {
-            age_secs,
-            ttl_left_secs,
-        } = entry.freshness(clock::now_ms())
-        else {
-            return None;
+        let now = clock::now_ms();
+        let (age_secs, ttl_left_secs, served) = match entry.freshness(now) {
+            Freshness::Fresh {
+                age_secs,
+                ttl_left_secs,
+            } => (age_secs, ttl_left_secs, Served::HitL2),
+            // Stale, but the request's max-stale accepted it (see `usable`).
+            _ => (entry.age_ms(now) / 1000, 0, Served::Stale),
         };
-        self.l1.insert_fill(key, entry.clone(), ticket);
-        let resp = respond::from_entry(
-            &entry,
-            headers,
-            false,
-            age_secs,
-            ttl_left_secs,
-            Served::HitL2,
-        );
+        if let Some(marker) = &target.marker {
+            self.l1.insert_fill(target.primary, marker.clone(), ticket);
+        }
+        self.l1.insert_fill(target.key, entry.clone(), ticket);
+        let resp = respond::from_entry(&entry, headers, false, age_secs, ttl_left_secs, served);
         Some((resp, entry))
     }
 
-    /// The leader's fill: forward, decide, buffer, store, answer.
+    /// The leader's fill: forward (conditionally, when it holds an entry to revalidate),
+    /// decide, buffer, store, answer. A `304` goes to the revalidate phase.
     async fn fill(
         &self,
         req: Request<Incoming>,
@@ -591,7 +710,7 @@ impl Proxy {
         fill: Fill,
     ) -> (Response<Body>, CacheOutcome) {
         let Fill {
-            key,
+            target,
             tags,
             lease,
             guard,
@@ -614,6 +733,12 @@ impl Proxy {
             parts.headers.remove(name);
         }
         parts.headers.remove(header::RANGE);
+        // The stored entry's own validators, never the client's: a 304 must be about what
+        // this cache holds (RFC 9111 §4.3.1).
+        let conditional = target
+            .stale
+            .as_ref()
+            .is_some_and(|stale| revalidate::add_validators(&mut parts.headers, stale));
         let started = Instant::now();
         let upstream_req = Request::from_parts(parts, body);
         let out = self
@@ -627,17 +752,30 @@ impl Proxy {
                 return (rescue::rescue(&error), CacheOutcome::Error);
             }
         };
+        if conditional && resp.status() == http::StatusCode::NOT_MODIFIED {
+            let done = revalidate::Done {
+                target,
+                tags,
+                path,
+                guard,
+                ticket,
+            };
+            return self
+                .revalidated(resp, done, route, rm, &client_headers, &mut lease)
+                .await;
+        }
         let (mut parts, body) = resp.into_parts();
         let status = parts.status.as_u16();
 
-        let ttl = policy::storability(&route.config, status, &parts.headers).and_then(|ttl| {
-            match content_length(&parts.headers) {
-                Some(n) if n > self.max_entry_bytes as u64 => Err(NoStoreReason::TooLarge),
-                _ => Ok(ttl),
-            }
-        });
-        let ttl = match ttl {
-            Ok(ttl) => ttl,
+        let now = clock::now_ms();
+        let storable =
+            policy::storability(&route.config, &client_headers, status, &parts.headers, now)
+                .and_then(|storable| match content_length(&parts.headers) {
+                    Some(n) if n > self.max_entry_bytes as u64 => Err(NoStoreReason::TooLarge),
+                    _ => Ok(storable),
+                });
+        let storable = match storable {
+            Ok(storable) => storable,
             Err(reason) => {
                 guard.complete(FillState::Pass);
                 self.metrics.not_stored(rm, reason.as_str());
@@ -683,22 +821,34 @@ impl Proxy {
         };
 
         let now = clock::now_ms();
-        let entry = build_entry(route, path, parts, body, ttl, tags, now);
-        if !self.l1.insert_fill(key, entry.clone(), ticket) {
-            // An invalidation overlapped this fill, so what it read may predate a write. This
-            // request was under way before the write was acknowledged and may have the answer;
-            // a follower may have come after it, so each fetches its own, and L2 gets nothing.
-            self.metrics
-                .not_stored(rm, NoStoreReason::Invalidated.as_str());
-            guard.complete(FillState::Pass);
-            let served = Served::Invalidated { fwd_status: status };
-            let resp = respond::from_entry(&entry, &client_headers, false, 0, 0, served);
-            return (resp, CacheOutcome::Uncacheable);
-        }
+        let entry = build_entry(route, path, parts, body, &storable, tags, now);
+        let write = match self.store_l1(
+            route,
+            &target,
+            &entry,
+            &storable.vary,
+            &client_headers,
+            ticket,
+        ) {
+            Ok(write) => write,
+            Err(reason) => {
+                // An invalidation overlapped this fill, so what it read may predate a write.
+                // This request was under way before the write was acknowledged and may have
+                // the answer; a follower may have come after it, so each fetches its own, and
+                // L2 gets nothing.
+                self.metrics.not_stored(rm, reason.as_str());
+                guard.complete(FillState::Pass);
+                let served = Served::Invalidated { fwd_status: status };
+                let mut resp = respond::from_entry(&entry, &client_headers, false, 0, 0, served);
+                if reason != NoStoreReason::Invalidated {
+                    resp.headers_mut()
+                        .insert(CACHE_STATUS, respond::not_stored(status, reason));
+                }
+                return (resp, CacheOutcome::Uncacheable);
+            }
+        };
         guard.complete(FillState::Done(entry.clone()));
-        if let (Some(l2), Some((l2key, token))) = (&self.l2, lease.take()) {
-            l2.put(&l2key, &token, &entry, now).await;
-        }
+        self.store_l2(&mut lease, write, now).await;
         let left = entry.ttl_left_ms(now) / 1000;
         let served = Served::Stored { fwd_status: status };
         let resp = respond::from_entry(
@@ -721,6 +871,7 @@ impl Proxy {
         route: &Arc<Route>,
         rm: &RouteMetrics,
     ) -> (Response<Body>, CacheOutcome) {
+        let request_headers = req.headers().clone();
         match self
             .forward(self.upstream.encode(req, client, Instant::now()), rm)
             .await
@@ -728,9 +879,15 @@ impl Proxy {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 let status = parts.status.as_u16();
-                let reason = policy::storability(&route.config, status, &parts.headers)
-                    .err()
-                    .unwrap_or(NoStoreReason::TooLarge);
+                let reason = policy::storability(
+                    &route.config,
+                    &request_headers,
+                    status,
+                    &parts.headers,
+                    clock::now_ms(),
+                )
+                .err()
+                .unwrap_or(NoStoreReason::TooLarge);
                 parts
                     .headers
                     .insert(CACHE_STATUS, respond::not_stored(status, reason));
@@ -812,7 +969,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// What the leader of a fill holds: the key, its rendered tags, the L2 lease (if this pod
 /// won it) and the coalescing guard that releases the followers.
 struct Fill {
-    key: CacheKey,
+    target: Target,
     tags: Vec<String>,
     lease: Option<(L2Key, String)>,
     guard: crate::cache::coalesce::FillGuard,
@@ -839,8 +996,49 @@ impl Drop for LeaseGuard {
     }
 }
 
-fn is_fresh(e: &Entry, now_ms: u64) -> bool {
-    matches!(e.freshness(now_ms), Freshness::Fresh { .. })
+/// Whether a request with directives `rd` may be answered by `e` at `now_ms` (fresh, or
+/// stale within its `max-stale`).
+fn usable(e: &Entry, rd: Option<&RequestDirectives>, now_ms: u64) -> bool {
+    if e.is_marker() {
+        return false;
+    }
+    match rd {
+        None => matches!(e.freshness(now_ms), Freshness::Fresh { .. }),
+        Some(rd) => policy::satisfies(rd, e.age_ms(now_ms), e.ttl_ms(), e.flags()),
+    }
+}
+
+/// What a lookup found.
+enum Looked {
+    /// A usable entry, answered.
+    Answered(Response<Body>, Entry),
+    /// Nothing the request may use: where a fill stands.
+    Unusable(Target),
+}
+
+/// Where a fill stands before it asks the upstream.
+pub(crate) struct Target {
+    /// The request's key (route, params, query, identity, the route's `vary`).
+    primary: CacheKey,
+    /// The key a fill is coalesced under and a variant found at: `primary`, or the
+    /// secondary key its Vary marker selects.
+    key: CacheKey,
+    /// The Vary marker stored at `primary`, if any.
+    marker: Option<Entry>,
+    /// The entry found that the request may not use as it is (stale, `no-cache`, or not
+    /// fresh enough for the request): what a fill revalidates.
+    stale: Option<Entry>,
+}
+
+impl Target {
+    fn new(primary: CacheKey) -> Target {
+        Target {
+            primary,
+            key: primary,
+            marker: None,
+            stale: None,
+        }
+    }
 }
 
 fn l2_read_label(r: &L2Read) -> &'static str {
@@ -888,39 +1086,42 @@ fn build_entry(
     path: String,
     parts: http::response::Parts,
     body: Bytes,
-    ttl: std::time::Duration,
+    storable: &policy::Storable,
     tags: Vec<String>,
     now_ms: u64,
 ) -> Entry {
     let mut headers = parts.headers;
-    let initial_age = headers
-        .remove(header::AGE)
-        .and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()))
-        .unwrap_or(0);
+    let initial_age = policy::initial_age(&route.config, &headers, now_ms);
+    headers.remove(header::AGE);
     let http_date = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
+            .and_then(policy::validate::http_date)
     };
     let last_modified = http_date(header::LAST_MODIFIED)
+        .filter(|_| storable.flags & flags::LAST_MODIFIED != 0)
         .or_else(|| http_date(header::DATE))
         .unwrap_or(now_ms / 1000);
     if let Some(cc) = &route.config.cache_control {
         headers.insert(header::CACHE_CONTROL, cc.clone());
     }
     headers.insert(header::CONTENT_LENGTH, respond::number(body.len() as u64));
+    let variant = if storable.vary.is_empty() {
+        0
+    } else {
+        flags::VARIANT
+    };
     let meta = Meta {
         status: parts.status,
         last_modified,
         stored_at_ms: now_ms,
         initial_age,
-        ttl_ms: ttl.as_millis() as u64,
+        ttl_ms: storable.ttl_ms,
+        flags: storable.flags | variant,
     };
     // The entry copies what it keeps into one buffer of its own, so no slice of hyper's read
     // buffer stays alive (measured: 100,000 small entries once held ~690 MiB that way); it
-    // adds a strong ETag if the upstream sent none.
+    // adds a weak derived ETag if the upstream sent none.
     Entry::new(meta, &headers, &body, &tags, &path)
 }

@@ -35,6 +35,10 @@ pub enum Served {
     Invalidated { fwd_status: u16 },
     /// Fetched by a concurrent request; this one waited for it.
     Collapsed { fwd_status: u16 },
+    /// A stored entry revalidated by this request (the upstream said `304`) and refreshed.
+    Revalidated,
+    /// A stale entry served as a request's `max-stale` allows.
+    Stale,
 }
 
 /// Answers `request_headers` from `entry`: 304 when its preconditions match, else the stored
@@ -103,6 +107,8 @@ fn cache_status(served: Served, ttl_left: u64) -> HeaderValue {
         Served::Invalidated { fwd_status } => {
             return not_stored(fwd_status, NoStoreReason::Invalidated);
         }
+        Served::Revalidated => s.push_str("sidecache; fwd=stale; fwd-status=304; stored"),
+        Served::Stale => s.push_str("sidecache; hit; detail=stale"),
     }
     let _ = write!(s, "; ttl={ttl_left}");
     HeaderValue::from_str(&s).expect("ASCII header value")
@@ -115,6 +121,19 @@ pub fn not_stored(fwd_status: u16, reason: NoStoreReason) -> HeaderValue {
         reason.as_str()
     );
     HeaderValue::from_str(&s).expect("ASCII header value")
+}
+
+/// `Cache-Status` of a request whose `only-if-cached` found nothing usable (answered 504).
+pub fn only_if_cached() -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    r.headers_mut().insert(
+        CACHE_STATUS,
+        HeaderValue::from_static("sidecache; detail=only-if-cached"),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
 }
 
 /// `Cache-Status` of a request the cache chose not to handle (e.g. HEAD miss, no identity).

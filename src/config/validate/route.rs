@@ -36,6 +36,12 @@ pub(super) fn warnings(routes: &[RouteConfig]) -> Vec<String> {
                 ));
             }
         }
+        if !a.scope_explicit {
+            w.push(format!(
+                "route `{}`: `scope` is not set; requests with `Authorization` are stored only when the response says `public`, `s-maxage` or `must-revalidate` (set `scope = \"shared\"` to vouch for them, or `\"identity\"`)",
+                a.name
+            ));
+        }
     }
     w
 }
@@ -90,21 +96,18 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
             None
         }
     };
-    let ttl = match r.ttl {
-        Some(t) => check(
+    let ttl = r.ttl.map(|t| {
+        check(
             e,
             &format!("{at}.ttl"),
             units::parse_duration(&t),
             Duration::ZERO,
-        ),
-        None => {
-            e.push(format!("{at}.ttl: required, e.g. \"60s\""));
-            Duration::ZERO
-        }
-    };
-    if ttl.is_zero() && e.len() == before {
+        )
+    });
+    if ttl.is_some_and(|t| t.is_zero()) && e.len() == before {
         e.push(format!("{at}.ttl: must be greater than zero"));
     }
+    let scope_explicit = r.scope.is_some();
     let scope = match r.scope.as_deref() {
         None | Some("shared") => Scope::Shared,
         Some("identity") => Scope::Identity,
@@ -144,13 +147,35 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
             .map_err(|_| e.push(format!("{at}.cache_control: not a valid header value")))
             .ok()
     });
-    let statuses = r
-        .statuses
-        .unwrap_or_else(|| vec![200, 203, 204, 300, 301, 308]);
+    let statuses = r.statuses.unwrap_or_else(|| match ttl {
+        Some(_) => vec![200, 203, 204, 300, 301, 308],
+        None => (200..600).filter(|s| !UNSTORABLE.contains(s)).collect(),
+    });
     for s in &statuses {
-        if !(200..400).contains(s) {
-            e.push(format!("{at}.statuses: {s} is not a 2xx or 3xx status"));
+        if !(200..600).contains(s) || UNSTORABLE.contains(s) {
+            e.push(format!(
+                "{at}.statuses: {s} cannot be stored (a final status other than 206 and 304)"
+            ));
         }
+    }
+    let heuristic = r.heuristic.unwrap_or(0.1);
+    if !(0.0..=1.0).contains(&heuristic) {
+        e.push(format!(
+            "{at}.heuristic: {heuristic} is not a fraction from 0 to 1"
+        ));
+    }
+    let heuristic_max = match r.heuristic_max {
+        Some(t) => check(
+            e,
+            &format!("{at}.heuristic_max"),
+            units::parse_duration(&t),
+            Duration::ZERO,
+        ),
+        None => Duration::from_secs(86_400),
+    };
+    let max_variants = r.max_variants.unwrap_or(16);
+    if max_variants == 0 {
+        e.push(format!("{at}.max_variants: must be at least 1"));
     }
     let vary = r
         .vary
@@ -159,11 +184,14 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         .map(|h| header_name(e, &format!("{at}.vary"), h))
         .collect();
 
+    let matcher = matcher?;
     Some(RouteConfig {
         name,
-        matcher: matcher?,
+        honor_request: r.honor_request.unwrap_or(matcher.is_catch_all()),
+        matcher,
         ttl,
         scope,
+        scope_explicit,
         identity_header,
         tags,
         honor_upstream: r.honor_upstream.unwrap_or(true),
@@ -171,8 +199,14 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         statuses,
         vary,
         ignore_query: r.ignore_query.unwrap_or_default(),
+        heuristic,
+        heuristic_max,
+        max_variants,
     })
 }
+
+/// Statuses never stored: a partial answer (206) and one without a body of its own (304).
+const UNSTORABLE: [u16; 2] = [206, 304];
 
 /// The fields that describe a connection, never reach the upstream, and so can never key an
 /// entry or a limit (RFC 9110 §7.6.1; the fixed set of `client::wire::HOP_BY_HOP`).

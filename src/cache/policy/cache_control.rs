@@ -1,0 +1,313 @@
+//! Parsing of `Cache-Control` (response and request directives, RFC 9111 §5.2) and `Age`
+//! (§5.1), robust to what broken or hostile peers send: duplicates, bad values, lists, junk.
+//! Where a field can be read two ways, the stricter reading wins: a shorter lifetime, a
+//! directive that forbids rather than allows.
+
+use http::{header, HeaderMap, HeaderValue};
+
+/// The value given to a delta-seconds too large to represent (RFC 9111 §1.2.2).
+pub const DELTA_MAX: u64 = 2_147_483_648;
+
+/// The `Age` of a response whose `Age` field is unreadable (a list, junk, several lines):
+/// old enough to be stale under any lifetime it could have, never 0 (§5.1).
+pub const AGE_INVALID: u64 = DELTA_MAX;
+
+/// The response directives that matter to a shared cache.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+}
+
+impl CacheControl {
+    pub fn parse(headers: &HeaderMap) -> CacheControl {
+        let mut cc = CacheControl::default();
+        let ok = for_each_directive(headers, |name, arg| {
+            if name.eq_ignore_ascii_case(b"no-store") {
+                cc.no_store = true;
+            } else if name.eq_ignore_ascii_case(b"no-cache") {
+                // `no-cache="field"` is honoured as a plain no-cache: stricter, never wrong.
+                cc.no_cache = true;
+            } else if name.eq_ignore_ascii_case(b"private") {
+                // Likewise `private="field"`: the whole response is private.
+                cc.private = true;
+            } else if name.eq_ignore_ascii_case(b"public") {
+                cc.public = true;
+            } else if name.eq_ignore_ascii_case(b"must-revalidate") {
+                cc.must_revalidate = true;
+            } else if name.eq_ignore_ascii_case(b"proxy-revalidate") {
+                cc.proxy_revalidate = true;
+            } else if name.eq_ignore_ascii_case(b"max-age") {
+                cc.max_age = Some(stricter(cc.max_age, delta(arg)));
+            } else if name.eq_ignore_ascii_case(b"s-maxage") {
+                cc.s_maxage = Some(stricter(cc.s_maxage, delta(arg)));
+            }
+        });
+        if !ok {
+            // Unreadable directives: assume the strictest reading.
+            cc.no_store = true;
+        }
+        cc
+    }
+}
+
+/// The request directives a cache honours (RFC 9111 §5.2.1).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestDirectives {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub only_if_cached: bool,
+    pub max_age: Option<u64>,
+    pub min_fresh: Option<u64>,
+    /// `max-stale` alone accepts any staleness (`Some(None)`); with a value, that much.
+    pub max_stale: Option<Option<u64>>,
+}
+
+impl RequestDirectives {
+    pub fn parse(headers: &HeaderMap) -> RequestDirectives {
+        let mut rd = RequestDirectives::default();
+        let ok = for_each_directive(headers, |name, arg| {
+            if name.eq_ignore_ascii_case(b"no-store") {
+                rd.no_store = true;
+            } else if name.eq_ignore_ascii_case(b"no-cache") {
+                rd.no_cache = true;
+            } else if name.eq_ignore_ascii_case(b"only-if-cached") {
+                rd.only_if_cached = true;
+            } else if name.eq_ignore_ascii_case(b"max-age") {
+                rd.max_age = Some(stricter(rd.max_age, delta(arg)));
+            } else if name.eq_ignore_ascii_case(b"min-fresh") {
+                // Stricter is *more* freshness demanded; a bad value demands all of it.
+                let v = arg.and_then(parse_delta).unwrap_or(DELTA_MAX);
+                rd.min_fresh = Some(rd.min_fresh.map_or(v, |old| old.max(v)));
+            } else if name.eq_ignore_ascii_case(b"max-stale") {
+                // Stricter is less staleness accepted; a bad value accepts none.
+                let v = arg.map(|a| parse_delta(a).unwrap_or(0));
+                rd.max_stale = Some(match (rd.max_stale, v) {
+                    (None, v) | (Some(None), v) => v,
+                    (Some(Some(old)), None) => Some(old),
+                    (Some(Some(old)), Some(v)) => Some(old.min(v)),
+                });
+            }
+        });
+        if !ok {
+            // Unreadable request directives: no cached answer is trusted, nothing is stored.
+            rd.no_store = true;
+            rd.no_cache = true;
+        }
+        rd
+    }
+}
+
+/// The `Age` of a response in seconds: 0 without one; [`AGE_INVALID`] when it is not one
+/// non-negative integer on one line (RFC 9111 §5.1: `Age: 7200, 0` is not 0).
+pub fn parse_age(headers: &HeaderMap) -> u64 {
+    let mut values = headers.get_all(header::AGE).iter();
+    let Some(first) = values.next() else {
+        return 0;
+    };
+    if values.next().is_some() {
+        return AGE_INVALID;
+    }
+    parse_delta(first.as_bytes().trim_ascii()).unwrap_or(AGE_INVALID)
+}
+
+/// `delta-seconds`: digits only; too large becomes [`DELTA_MAX`].
+pub fn parse_delta(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        std::str::from_utf8(text)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(DELTA_MAX)
+            .min(DELTA_MAX),
+    )
+}
+
+/// A lifetime directive's value; a missing or unparseable one means "stale" (§4.2.1).
+fn delta(arg: Option<&[u8]>) -> u64 {
+    arg.and_then(parse_delta).unwrap_or(0)
+}
+
+/// The shorter of a directive given twice (§4.2.1: duplicates may be read as stale; the
+/// smaller value is the safe reading).
+fn stricter(old: Option<u64>, new: u64) -> u64 {
+    old.map_or(new, |o| o.min(new))
+}
+
+/// Calls `f(name, argument)` for each directive of every `Cache-Control` line, with quoted
+/// arguments unquoted (commas inside quotes do not split). Returns false if a line is not
+/// readable as visible ASCII.
+fn for_each_directive(headers: &HeaderMap, mut f: impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+    let mut ok = true;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        ok &= directives(value, &mut f);
+    }
+    ok
+}
+
+fn directives(value: &HeaderValue, f: &mut impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+    let bytes = value.as_bytes();
+    if bytes
+        .iter()
+        .any(|b| *b >= 0x7f || (*b < 0x20 && *b != b'\t'))
+    {
+        return false;
+    }
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // The directive runs to the next comma outside quotes.
+        let mut in_quotes = false;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, &b) in rest.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if in_quotes && b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_quotes = !in_quotes;
+            } else if b == b',' && !in_quotes {
+                end = i;
+                break;
+            }
+        }
+        let item = rest[..end].trim_ascii();
+        rest = rest.get(end + 1..).unwrap_or_default();
+        if item.is_empty() {
+            continue;
+        }
+        match item.iter().position(|b| *b == b'=') {
+            None => f(item, None),
+            Some(eq) => {
+                let name = item[..eq].trim_ascii();
+                let mut arg = item[eq + 1..].trim_ascii();
+                if arg.len() >= 2 && arg[0] == b'"' && arg[arg.len() - 1] == b'"' {
+                    arg = &arg[1..arg.len() - 1];
+                }
+                f(name, Some(arg));
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn response_directives() {
+        let cc = CacheControl::parse(&h(&[(
+            "cache-control",
+            "Public, max-age=60, S-MAXAGE=\"30\", must-revalidate, proxy-revalidate",
+        )]));
+        assert!(cc.public && cc.must_revalidate && cc.proxy_revalidate);
+        assert_eq!((cc.max_age, cc.s_maxage), (Some(60), Some(30)));
+        // Duplicates: the shorter lifetime wins, across lines too.
+        let cc = CacheControl::parse(&h(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "max-age=10, max-age=20"),
+        ]));
+        assert_eq!(cc.max_age, Some(10));
+        // Bad values mean stale.
+        for bad in [
+            "max-age=abc",
+            "max-age=-1",
+            "max-age=",
+            "max-age=1.5",
+            "max-age",
+        ] {
+            let cc = CacheControl::parse(&h(&[("cache-control", bad)]));
+            assert_eq!(cc.max_age, Some(0), "{bad}");
+        }
+        // Huge values are capped, not wrapped.
+        let cc = CacheControl::parse(&h(&[("cache-control", "max-age=99999999999999999999")]));
+        assert_eq!(cc.max_age, Some(DELTA_MAX));
+        // A comma inside quotes does not start a directive.
+        let cc = CacheControl::parse(&h(&[(
+            "cache-control",
+            "private=\"a, max-age=5\", s-maxage=9",
+        )]));
+        assert!(cc.private);
+        assert_eq!((cc.max_age, cc.s_maxage), (None, Some(9)));
+        let cc = CacheControl::parse(&h(&[("cache-control", "no-cache=\"set-cookie\"")]));
+        assert!(cc.no_cache);
+    }
+
+    #[test]
+    fn request_directives() {
+        let rd = RequestDirectives::parse(&h(&[(
+            "cache-control",
+            "max-age=5, min-fresh=3, max-stale, only-if-cached",
+        )]));
+        assert_eq!(rd.max_age, Some(5));
+        assert_eq!(rd.min_fresh, Some(3));
+        assert_eq!(rd.max_stale, Some(None));
+        assert!(rd.only_if_cached && !rd.no_cache && !rd.no_store);
+        let rd = RequestDirectives::parse(&h(&[(
+            "cache-control",
+            "max-stale=10, max-stale=4, min-fresh=x",
+        )]));
+        assert_eq!(rd.max_stale, Some(Some(4)));
+        assert_eq!(rd.min_fresh, Some(DELTA_MAX));
+        let rd = RequestDirectives::parse(&h(&[("cache-control", "max-stale=x")]));
+        assert_eq!(rd.max_stale, Some(Some(0)));
+    }
+
+    #[test]
+    fn age() {
+        assert_eq!(parse_age(&h(&[])), 0);
+        assert_eq!(parse_age(&h(&[("age", "  15 ")])), 15);
+        for bad in ["7200, 0", "-1", "1.5", "abc", ""] {
+            assert_eq!(parse_age(&h(&[("age", bad)])), AGE_INVALID, "{bad:?}");
+        }
+        assert_eq!(parse_age(&h(&[("age", "1"), ("age", "2")])), AGE_INVALID);
+        assert_eq!(parse_age(&h(&[("age", "999999999999999")])), DELTA_MAX);
+    }
+
+    proptest! {
+        /// Never panics, and a lifetime read is never longer than any one value given.
+        #[test]
+        fn lifetime_is_the_smallest_given(values in proptest::collection::vec(0u64..100_000, 1..5),
+                                          junk in "[ -~]{0,20}") {
+            let text = values.iter().map(|v| format!("max-age={v}")).collect::<Vec<_>>().join(", ");
+            let mut m = HeaderMap::new();
+            m.append(header::CACHE_CONTROL, HeaderValue::from_str(&text).unwrap());
+            if let Ok(j) = HeaderValue::from_str(&junk) {
+                m.append(header::CACHE_CONTROL, j);
+            }
+            let cc = CacheControl::parse(&m);
+            prop_assert!(cc.max_age.unwrap() <= *values.iter().min().unwrap());
+            let _ = RequestDirectives::parse(&m);
+        }
+
+        #[test]
+        fn age_is_a_number_or_invalid(text in "[ -~]{0,12}") {
+            let mut m = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                m.insert(header::AGE, v);
+                let age = parse_age(&m);
+                let t = text.trim();
+                let valid = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+                prop_assert_eq!(age == AGE_INVALID, !valid || t.parse::<u64>().map_or(true, |n| n >= AGE_INVALID));
+            }
+        }
+    }
+}
