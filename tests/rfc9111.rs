@@ -189,17 +189,31 @@ async fn freshness_comes_from_expires_or_the_heuristic_without_a_route_ttl() {
 }
 
 #[tokio::test]
-async fn an_invalid_age_makes_the_response_stale_never_fresh() {
-    let origin = Origin::start(|_| {
+async fn an_age_list_counts_by_its_first_member_and_junk_is_ignored() {
+    let origin = Origin::start(|r| {
+        let age = match r.uri.as_str() {
+            "/old-first" => "7200, 0",
+            "/young-first" => "0, 7200",
+            "/huge" => "2147483648",
+            _ => "abc",
+        };
         Reply::json("a")
             .header("cache-control", "max-age=3600")
-            .header("age", "7200, 0")
+            .header("age", age)
     })
     .await;
     let sc = Sidecache::start(&origin, ALL).await;
-    sc.get("/aged").await;
-    sc.get("/aged").await;
-    assert_eq!(origin.hits(), 2);
+    for (path, stored) in [
+        ("/old-first", false),
+        ("/young-first", true),
+        ("/huge", false),
+        ("/junk", true),
+    ] {
+        sc.get(path).await;
+        let before = origin.hits();
+        let r = sc.get(path).await;
+        assert_eq!(origin.hits() == before, stored, "{path}: {r:?}");
+    }
 }
 
 #[tokio::test]

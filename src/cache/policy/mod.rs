@@ -159,14 +159,15 @@ pub fn storability(
     if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() {
         flags |= flags::MUST_REVALIDATE;
     }
-    let ttl_secs = match route.ttl {
+    // The route's `ttl` keeps its milliseconds (`ttl = "500ms"`); the response's lifetimes
+    // are whole seconds.
+    let mut ttl_ms = match route.ttl {
         Some(ttl) => match cc.s_maxage.or(cc.max_age) {
-            Some(secs) if route.honor_upstream => secs,
-            _ => ttl.as_secs(),
+            Some(secs) if route.honor_upstream => secs.saturating_mul(1000),
+            _ => u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         },
-        None => lifetime(route, status, headers, &cc, last_modified, now_ms)?,
+        None => lifetime(route, status, headers, &cc, last_modified, now_ms)?.saturating_mul(1000),
     };
-    let mut ttl_ms = ttl_secs.saturating_mul(1000);
     if cc.no_cache {
         flags |= flags::NO_CACHE;
         ttl_ms = 0;
@@ -270,6 +271,13 @@ mod tests {
         h: &[(&'static str, &'static str)],
     ) -> Result<u64, NoStoreReason> {
         storability(route, &HeaderMap::new(), status, &headers(h), NOW).map(|s| s.ttl_ms / 1000)
+    }
+
+    #[test]
+    fn a_route_ttl_keeps_its_milliseconds() {
+        let r = route("ttl = \"500ms\"");
+        let s = storability(&r, &HeaderMap::new(), 200, &HeaderMap::new(), NOW).unwrap();
+        assert_eq!(s.ttl_ms, 500);
     }
 
     #[test]
