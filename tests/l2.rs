@@ -81,12 +81,12 @@ async fn an_l2_hit_is_one_get_and_a_fill_one_pipelined_write() {
     let hit = commandstats(&redis);
     eprintln!("fill: {fill:?}\nl2 hit: {hit:?}");
     // The fill, in three round trips: the lookup (GET), the lease batch (SET NX, and SADD +
-    // PEXPIRE NX for each of the two tags), and the put batch (EVAL of the put script, whose
-    // GET/SET/DEL commandstats counts too, and PEXPIRE NX + GT for each tag).
+    // PEXPIRE NX for each of the two tags), and the put batch (SADD + PEXPIRE NX + GT for each
+    // tag, then EVAL of the put script, whose GET/SET/DEL commandstats counts too).
     let expected: std::collections::BTreeMap<String, u64> = [
         ("get", 2),
         ("set", 2),
-        ("sadd", 2),
+        ("sadd", 4),
         ("pexpire", 6),
         ("eval", 1),
         ("del", 1),
@@ -417,4 +417,127 @@ async fn warmup_fills_before_ready() {
         ),
         3.0
     );
+}
+
+/// Issue 19's figure: 10,000 group entries over 100 groups, every one sharing its group's tag
+/// first, spread over the 3 masters by their own keys (no master holds more than 40%); and the
+/// round trips of a fill and of an L2 hit on Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spreads_entries_that_share_a_tag_over_every_master() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    let origin = Origin::start(counting_origin_reply).await;
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let extra = format!(
+        "[l2]\ncluster = [{}]\ntimeout = \"2s\"\n{ROUTE_GROUP}
+[[invalidate]]
+match = \"PUT /api/superadmin/groups/{{group}}\"
+tags = [\"group:{{group}}\"]
+",
+        nodes.join(", ")
+    );
+    let a = Arc::new(Sidecache::start(&origin, &extra).await);
+    let b = Sidecache::start(&origin, &extra).await;
+    let connected = eventually(Duration::from_secs(10), async || {
+        a.get("/api/groups/probe/x").await;
+        tier(&b.get("/api/groups/probe/x").await) == "l2"
+    })
+    .await;
+    assert!(connected, "cluster L2 never became usable");
+
+    // Round trips of one fill and one L2 hit, counted as Redis calls by operation.
+    let ops = |m: &str| -> Vec<(String, f64)> {
+        ["get", "lease", "put_tags", "put"]
+            .iter()
+            .map(|op| {
+                let n = metric(m, "sidecache_l2_operations_total", &[("op", op)]);
+                (op.to_string(), n)
+            })
+            .collect()
+    };
+    let before = ops(&a.metrics().await);
+    a.get("/api/groups/G0/probe").await;
+    let after = ops(&a.metrics().await);
+    let fill: Vec<(String, f64)> = after
+        .iter()
+        .zip(&before)
+        .map(|((op, x), (_, y))| (op.clone(), x - y))
+        .collect();
+    let before = ops(&b.metrics().await);
+    assert_eq!(tier(&b.get("/api/groups/G0/probe").await), "l2");
+    let after = ops(&b.metrics().await);
+    let hit: f64 = after
+        .iter()
+        .zip(&before)
+        .map(|((_, x), (_, y))| x - y)
+        .sum();
+    eprintln!("cluster fill round trips by op: {fill:?}; L2 hit: {hit}");
+    assert_eq!(hit, 1.0, "an L2 hit is one GET");
+    let fill_total: f64 = fill.iter().map(|(_, n)| n).sum();
+    assert_eq!(fill_total, 4.0, "lookup, lease, tag sets, put: {fill:?}");
+
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..10_000).step_by(16) {
+                let r = a
+                    .get(&format!("/api/groups/G{}/S{}", i % 100, i / 100))
+                    .await;
+                assert_eq!(r.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("10,000 fills in {:?}", started.elapsed());
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "sidecache_l2_operations_total", &[("result", "error")]),
+        0.0
+    );
+    let per_master: Vec<usize> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["--scan", "--pattern", "sidecache:*}:e"])
+                .lines()
+                .filter(|k| k.contains("}:e"))
+                .count()
+        })
+        .collect();
+    let total: usize = per_master.iter().sum();
+    let max = *per_master.iter().max().unwrap();
+    eprintln!(
+        "entries per master: {per_master:?} of {total}; largest share {:.1}%",
+        100.0 * max as f64 / total as f64
+    );
+    assert!(total >= 10_000, "{per_master:?}");
+    assert!(max * 100 <= total * 40, "a hot shard: {per_master:?}");
+
+    // Invalidating one group's tag on Cluster reaches every entry of the group, wherever each
+    // lives: the 100 entries of G7 go, nothing else does.
+    let w = a
+        .request(http::Method::PUT, "/api/superadmin/groups/G7", &[], "x")
+        .await;
+    assert_eq!(w.status, 200);
+    let left: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["--scan", "--pattern", "sidecache:*}:e"])
+                .lines()
+                .filter(|k| k.contains("}:e"))
+                .count()
+        })
+        .sum();
+    assert_eq!(left, total - 100);
+    let hits = origin.hits();
+    let c = Sidecache::start(&origin, &extra).await;
+    assert_eq!(tier(&c.get("/api/groups/G7/S42").await), "upstream");
+    assert_eq!(tier(&c.get("/api/groups/G8/S42").await), "l2");
+    assert_eq!(origin.hits(), hits + 1);
 }

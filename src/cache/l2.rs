@@ -3,26 +3,57 @@
 //! Keys (never raw input: tags and cache keys are hashed):
 //!
 //! ```text
-//! {prefix}:ns                                     the namespace number (purge-all bumps it)
-//! {prefix}:<ns>:{t:<hash(primary tag)>}:e:<key>   the entry (codec format), with a PX TTL
-//! {prefix}:<ns>:{t:<hash(primary tag)>}:l:<key>   the fill lease: a token, SET NX PX lease
-//! {prefix}:<ns>:{t:<hash(tag)>}:keys              the entries of one tag (a set), with a TTL
-//! {prefix}:<ns>:{<key>}:e  {prefix}:<ns>:{<key>}:l   entry and lease of a route without tags
+//! {prefix}:ns                          the namespace number (purge-all bumps it)
+//! {prefix}:<ns>:{<key>}:e              the entry (codec format), with a PX TTL
+//! {prefix}:<ns>:{<key>}:l              the fill lease: a token, SET NX PX lease
+//! {prefix}:<ns>:{t:<hash(tag)>}:keys   the entry names of one tag (a set), with a TTL
 //! ```
 //!
-//! Purging everything bumps the namespace: every pod switches to fresh names at once (the
-//! number travels with the purge message, and is re-read after any pub/sub gap), a fill from
-//! before the purge can only write into the dead namespace, and the old keys expire by TTL.
-//! No SCAN, so it works the same on Cluster.
+//! # Placement on Redis Cluster
 //!
-//! An entry and its lease share the hash tag of the route's first tag, so the put script is
-//! single-slot on Redis Cluster, and one tag's entries share its slot. Routes without tags
-//! use the key as hash tag and spread over the cluster.
+//! An entry and its lease share the hash tag of the entry's own cache key, so the put script
+//! is single-slot and the entries spread over every master however their tags are shared (a
+//! layout that placed entries by their first tag put a whole groups cache in one slot). A
+//! tag's set lives in the tag's own slot. Nothing ever needs two slots in one command: what
+//! must hold across slots is held by the order of the steps below instead.
 //!
-//! A fill is guarded by its lease: the lease is taken (and the key added to every tag set)
-//! *before* the upstream is asked, and the put stores the entry only while the lease still
-//! holds the same token. Invalidation deletes leases along with entries, so a fill that
-//! started before an invalidation cannot write its old result back afterwards.
+//! # Protocol
+//!
+//! - **acquire** (before the upstream is asked): `SET lease token NX PX lease` and, for every
+//!   tag, `SADD set entry` + `PEXPIRE set lease NX`; one batch (one pipeline per slot, sent
+//!   concurrently). Only when every part answered does the fill count as holding the lease.
+//! - **put**, two ordered steps: (1) for every tag `SADD set entry`, `PEXPIRE set ttl NX` and
+//!   `PEXPIRE set ttl GT`; (2) only when (1) answered, the put script: store the entry with
+//!   `PX ttl` if the lease still holds our token, and drop the lease. Standalone and Sentinel
+//!   send both steps in one pipeline (one connection executes them in order); Cluster sends
+//!   step 2 after step 1 came back.
+//! - **invalidate by tag**: `SMEMBERS` of each set, then `UNLINK` each member entry and its
+//!   lease, and `SREM` exactly the members read.
+//! - **invalidate by key**: `UNLINK` entry and lease (a stale set member is harmless).
+//! - **purge all**: `INCR ns`; the number travels with the purge message and is re-read
+//!   after any pub/sub gap. No SCAN, so it works the same on Cluster.
+//!
+//! # Why the invariants hold
+//!
+//! 1. *No stale write-back.* A fill that read the old value asked the upstream before the
+//!    write committed, so its acquire (membership in every tag set, lease) completed before the
+//!    invalidation's `SMEMBERS`: the invalidation sees the entry's name and unlinks its lease.
+//!    The put script then finds no lease (or another fill's token) and stores nothing; if it
+//!    ran first, the `UNLINK` that follows removes what it stored. Each of these steps is one
+//!    command on one slot, so no cross-slot atomicity is needed, only this order.
+//! 2. *Every stored entry is reachable from each of its tags for its whole life.* Step (1)
+//!    re-adds the membership and lifts each set's TTL to at least the entry's before step (2)
+//!    can store it (sets never shrink their TTL: `GT`); a failed step (1) stores nothing. So a
+//!    set that expired or lost the member since acquire cannot leave an entry no purge finds.
+//!    A member re-added after an invalidation removed it points at nothing (the lease is gone,
+//!    so step 2 stores nothing): the next invalidation unlinks a missing key.
+//! 3. *Purge by tag on Cluster* reads each set in its slot and unlinks entries in theirs;
+//!    entries that gain the tag after the `SMEMBERS` were filled after the write and are new.
+//! 4. *Namespace bump* is one key, untouched by placement: a fill from before the purge
+//!    writes only into the dead namespace's names.
+//!
+//! Cost: an L2 hit is one `GET`; a fill is the lookup `GET`, the acquire batch and the put
+//! (one more round trip on Cluster when the route has tags, for the order of step 1 and 2).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -160,17 +191,12 @@ impl L2 {
         &self.redis
     }
 
-    /// The Redis names of `key`, whose entry carries `tags` (the first one picks the slot);
-    /// `None` while the namespace cannot be read.
+    /// The Redis names of `key`, whose entry carries `tags`; `None` while the namespace
+    /// cannot be read. The key itself is the hash tag: entry and lease share a slot, and
+    /// entries spread over the cluster whatever their tags.
     pub async fn key(&self, key: CacheKey, tags: &[String]) -> Option<L2Key> {
         let ns = self.namespace().await?;
-        let p = &self.prefix;
-        let entry = match tags.first() {
-            Some(t) => format!("{p}:{ns}:{{t:{}}}:e:{key}", tag_hash(t)),
-            // No tag: the key itself is the hash tag, so entry and lease still share a slot
-            // while untagged entries spread over the cluster.
-            None => format!("{p}:{ns}:{{{key}}}:e"),
-        };
+        let entry = format!("{}:{ns}:{{{key}}}:e", self.prefix);
         Some(L2Key {
             lease: lease_of(&entry),
             entry,
@@ -298,15 +324,27 @@ impl L2 {
         }
     }
 
-    /// Stores `entry` if the lease `token` still holds, and extends the tag sets' TTLs; one
-    /// pipelined write. Returns whether the entry was stored.
+    /// Stores `entry` if the lease `token` still holds: first every tag set holds the entry's
+    /// name for at least its TTL, then the put script (see the module doc). Returns whether the
+    /// entry was stored.
     pub async fn put(&self, k: &L2Key, token: &str, entry: &Entry, now_ms: u64) -> bool {
         let ttl_ms = entry.ttl_left_ms(now_ms);
         if ttl_ms == 0 {
             self.release(k, token).await;
             return false;
         }
-        let mut cmds = Vec::with_capacity(1 + 2 * k.tag_sets.len());
+        let mut tag_cmds = Vec::with_capacity(3 * k.tag_sets.len());
+        for ts in &k.tag_sets {
+            let mut sadd = Cmd::new();
+            sadd.arg("SADD").arg(ts).arg(&k.entry);
+            tag_cmds.push((ts.clone(), sadd));
+            // NX sets a TTL on a set that lost it; GT only ever extends it.
+            for flag in ["NX", "GT"] {
+                let mut exp = Cmd::new();
+                exp.arg("PEXPIRE").arg(ts).arg(ttl_ms).arg(flag);
+                tag_cmds.push((ts.clone(), exp));
+            }
+        }
         let mut put = Cmd::new();
         put.arg("EVAL")
             .arg(PUT_SCRIPT)
@@ -316,19 +354,42 @@ impl L2 {
             .arg(token)
             .arg(codec::encode(entry).as_ref())
             .arg(ttl_ms);
-        cmds.push((k.entry.clone(), put));
-        for ts in &k.tag_sets {
-            // NX sets a TTL on a set that lost it; GT only ever extends it.
-            for flag in ["NX", "GT"] {
-                let mut exp = Cmd::new();
-                exp.arg("PEXPIRE").arg(ts).arg(ttl_ms).arg(flag);
-                cmds.push((ts.clone(), exp));
+        let put = (k.entry.clone(), put);
+        let ok = |v: &[Value]| v.iter().all(|r| !matches!(r, Value::ServerError(_)));
+        if tag_cmds.is_empty() || !self.redis.is_cluster() {
+            // One connection runs a pipeline in order: the tag sets come first.
+            let n = tag_cmds.len();
+            tag_cmds.push(put);
+            let Ok(v) = self.redis.exec("put", tag_cmds).await else {
+                return false;
+            };
+            let stored = matches!(v.get(n), Some(Value::Int(1)));
+            if stored && !ok(&v[..n]) {
+                // A tag set refused (a key of another type under our name): the entry may not
+                // be reachable from that tag, so it must not stay.
+                self.unlink(&k.entry).await;
+                return false;
+            }
+            stored
+        } else {
+            match self.redis.exec("put_tags", tag_cmds).await {
+                Ok(v) if ok(&v) => matches!(
+                    self.redis.exec("put", vec![put]).await.as_deref(),
+                    Ok([Value::Int(1)])
+                ),
+                _ => {
+                    self.release(k, token).await;
+                    false
+                }
             }
         }
-        match self.redis.exec("put", cmds).await {
-            Ok(v) => matches!(v.first(), Some(Value::Int(1))),
-            Err(_) => false,
-        }
+    }
+
+    async fn unlink(&self, name: &str) {
+        let _ = self
+            .redis
+            .exec("unlink", vec![(name.to_string(), cmd(&["UNLINK", name]))])
+            .await;
     }
 
     /// Gives the lease back (the response was not cacheable), so other pods stop waiting.
@@ -390,7 +451,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_and_lease_share_the_primary_tag_slot() {
+    fn entry_and_lease_share_the_keys_own_slot_and_tags_theirs() {
         let config = crate::config::Config::parse(
             "[upstream]\nurl = \"http://127.0.0.1:1\"\n[l2]\nurl = \"redis://127.0.0.1:1\"",
         )
@@ -405,30 +466,27 @@ mod tests {
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
             let l2 = L2::new(Redis::start(&config, metrics), &config, "pod");
             l2.set_namespace(3);
-            let k = l2
-                .key(
-                    CacheKey(7),
-                    &["group:VIP".into(), "group:VIP:EURUSD".into()],
-                )
-                .await
-                .unwrap();
-            assert!(k.entry.starts_with("sidecache:3:{t:"), "{}", k.entry);
+            let tags = ["group:VIP".to_string(), "group:VIP:EURUSD".to_string()];
+            let k = l2.key(CacheKey(7), &tags).await.unwrap();
+            assert!(k.entry.starts_with("sidecache:3:{"), "{}", k.entry);
             let slot = crate::redis::hash_tag(&k.entry);
+            assert_eq!(slot, CacheKey(7).to_string(), "placed by its own key");
             assert_eq!(slot, crate::redis::hash_tag(&k.lease));
-            assert_eq!(slot, crate::redis::hash_tag(&k.tag_sets[0]));
-            assert_ne!(slot, crate::redis::hash_tag(&k.tag_sets[1]));
-            assert!(
-                !k.entry.contains("VIP"),
-                "raw tag values never reach Redis keys"
-            );
-            let bare = l2.key(CacheKey(7), &[]).await.unwrap();
-            assert_eq!(lease_of(&bare.entry), bare.lease);
-            assert!(bare.lease.ends_with("}:l"));
-            assert_eq!(
-                crate::redis::hash_tag(&bare.entry),
-                crate::redis::hash_tag(&bare.lease)
-            );
-            assert_eq!(crate::redis::hash_tag(&bare.entry), CacheKey(7).to_string());
+            assert_eq!(lease_of(&k.entry), k.lease);
+            assert!(k.lease.ends_with("}:l"));
+            for ts in &k.tag_sets {
+                assert_ne!(slot, crate::redis::hash_tag(ts));
+                assert!(!ts.contains("VIP"), "raw tag values never reach Redis keys");
+            }
+            // Two entries sharing every tag still get their own slots.
+            let other = l2.key(CacheKey(8), &tags).await.unwrap();
+            assert_ne!(slot, crate::redis::hash_tag(&other.entry));
+            assert_eq!(other.tag_sets, k.tag_sets);
+            // The same key without tags has the same names (tags only add set memberships).
+            assert_eq!(l2.key(CacheKey(7), &[]).await.unwrap().entry, k.entry);
+            // Names from the earlier layout (placed by first tag) still map to their lease, so
+            // an invalidation during a rolling upgrade removes both.
+            assert_eq!(lease_of("p:3:{t:ab}:e:7"), "p:3:{t:ab}:l:7");
         });
     }
 }
