@@ -70,17 +70,29 @@ impl App {
             )
         };
         let pod_id = pod_id();
-        let l2 = config.l2.as_ref().map(|c| {
-            let redis = Redis::start(c, metrics.clone());
-            L2::new(redis, c, &pod_id)
-        });
-        if l2.is_some() {
+        let l2_redis = config
+            .l2
+            .as_ref()
+            .map(|c| Redis::start(&c.redis("l2"), metrics.clone()));
+        let l2 = l2_redis
+            .clone()
+            .zip(config.l2.as_ref())
+            .map(|(redis, c)| L2::new(redis, c, &pod_id));
+        // A section with a target of its own gets its own client (connection, breaker,
+        // metrics label); otherwise it shares [l2]'s.
+        let own = |c: &Option<crate::config::RedisConfig>| {
+            c.as_ref().map(|c| Redis::start(c, metrics.clone()))
+        };
+        let pubsub_redis = own(&config.pubsub.redis).or_else(|| l2_redis.clone());
+        let limits_redis = own(&config.limits.redis).or_else(|| l2_redis.clone());
+        if pubsub_redis.is_some() {
             // Until the subscription is up, invalidations from other pods cannot arrive.
             l1.enter_degraded();
         }
         let invalidator = Arc::new(Invalidator::new(
             l1.clone(),
             l2.clone(),
+            pubsub_redis,
             &pod_id,
             &config.pubsub.channel,
             metrics.clone(),
@@ -88,6 +100,7 @@ impl App {
         let shared = Shared {
             l1: l1.clone(),
             l2,
+            limits_redis,
             coalescer: Arc::new(Coalescer::default()),
             invalidator: invalidator.clone(),
             metrics: metrics.clone(),
@@ -131,13 +144,19 @@ impl App {
         });
         let events = Arc::new(ArcSwap::from_pointee(self.config.events.clone()));
         let resubscribe = Arc::new(Notify::new());
-        if let Some(l2) = &self.config.l2 {
+        let pubsub_target = self
+            .config
+            .pubsub
+            .redis
+            .clone()
+            .or_else(|| self.config.l2.as_ref().map(|c| c.redis("pubsub")));
+        if let Some(redis) = pubsub_target {
             let subscriber = Subscriber {
                 invalidator: self.admin.invalidator.clone(),
                 events: events.clone(),
                 resubscribe: resubscribe.clone(),
                 pubsub: self.config.pubsub.clone(),
-                l2: l2.clone(),
+                redis,
                 metrics: self.admin.metrics.clone(),
             };
             tokio::spawn(subscriber.run());

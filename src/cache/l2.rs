@@ -464,7 +464,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-            let l2 = L2::new(Redis::start(&config, metrics), &config, "pod");
+            let l2 = L2::new(Redis::start(&config.redis("l2"), metrics), &config, "pod");
             l2.set_namespace(3);
             let tags = ["group:VIP".to_string(), "group:VIP:EURUSD".to_string()];
             let k = l2.key(CacheKey(7), &tags).await.unwrap();

@@ -169,6 +169,32 @@ pub struct L2File {
     pub breaker_open: Option<String>,
 }
 
+/// `[limits.redis]`, `[pubsub.redis]`: a Redis of its own for rate limits or pub/sub (the
+/// same forms as `[l2]`). Exactly one of `url`, `cluster` or `[<section>.redis.sentinel]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// A standalone Redis, `redis://host:port/db`, or Sentinel as
+    /// `redis+sentinel://host:port,host:port/master_name[/db]`.
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes.
+    pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel: the master name and the sentinel nodes.
+    pub sentinel: Option<SentinelFile>,
+    /// Time every Redis call gets. Default `"50ms"`.
+    pub timeout: Option<String>,
+    /// Time to establish a connection. Default `"500ms"`.
+    pub connect_timeout: Option<String>,
+    /// Environment variable holding the username. Default `"SIDECACHE_REDIS_USERNAME"`.
+    pub username_env: Option<String>,
+    /// Environment variable holding the password. Default `"SIDECACHE_REDIS_PASSWORD"`.
+    pub password_env: Option<String>,
+    /// Consecutive failures that open this target's circuit breaker; at least `1`. Default `5`.
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe call is let through. Default `"1s"`.
+    pub breaker_open: Option<String>,
+}
+
 /// `[l2.sentinel]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +234,9 @@ pub struct PubsubFile {
     /// While not subscribed (Redis down, reconnecting), L1 keeps entries at most this long:
     /// the staleness bound while invalidations cannot arrive. Default `"5s"`.
     pub degraded_max_age: Option<String>,
+    /// A Redis of its own for the channel and the events (seed 004 keeps pub/sub apart from
+    /// the cache). Default: `[l2]`'s target.
+    pub redis: Option<RedisFile>,
 }
 
 /// `[[invalidate]]`: a write that invalidates tags when it passes through and succeeds.
@@ -261,6 +290,9 @@ pub struct LimitsFile {
     /// How many sidecache replicas share each limit. When Redis is unavailable each pod
     /// enforces `rate / replicas` on its own. Default `1`. Env override: `SIDECACHE_REPLICAS`.
     pub replicas: Option<u32>,
+    /// A Redis of its own for the limits' state, so that a cache Redis evicting under
+    /// `maxmemory-policy allkeys-lru` cannot evict it. Default: `[l2]`'s target.
+    pub redis: Option<RedisFile>,
 }
 
 /// `[[limit]]`: a rate limit shared by every pod through Redis.

@@ -85,6 +85,8 @@ pub struct LimitConfig {
 pub struct LimitsConfig {
     pub replicas: u32,
     pub rules: Vec<LimitConfig>,
+    /// `[limits.redis]`; `None`: the limits share `[l2]`'s client.
+    pub redis: Option<RedisConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +94,8 @@ pub struct PubsubConfig {
     pub channel: String,
     pub heartbeat: Duration,
     pub degraded_max_age: Duration,
+    /// `[pubsub.redis]`; `None`: pub/sub goes through `[l2]`'s target.
+    pub redis: Option<RedisConfig>,
 }
 
 /// `Debug` in `redact.rs`: it never shows the token.
@@ -147,6 +151,38 @@ pub enum RedisTarget {
     },
     /// Cluster seed nodes.
     Cluster(Vec<String>),
+}
+
+/// One Redis deployment and how to talk to it: `[l2]`'s connection part, `[limits.redis]`,
+/// `[pubsub.redis]`. `Debug` in `redact.rs`: it never shows the password.
+#[derive(Clone, PartialEq)]
+pub struct RedisConfig {
+    /// Which section it comes from (`l2`, `limits`, `pubsub`): the `redis` label of the Redis
+    /// metrics and the name in logs.
+    pub role: &'static str,
+    pub target: RedisTarget,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+}
+
+impl L2Config {
+    /// The connection part, labelled `role`.
+    pub fn redis(&self, role: &'static str) -> RedisConfig {
+        RedisConfig {
+            role,
+            target: self.target.clone(),
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            breaker_failures: self.breaker_failures,
+            breaker_open: self.breaker_open,
+        }
+    }
 }
 
 /// `Debug` in `redact.rs`: it never shows the password.

@@ -74,6 +74,8 @@ pub struct Target {
 pub struct Invalidator {
     l1: L1,
     l2: Option<L2>,
+    /// Where the pods' channel is published: `[pubsub.redis]`, else `[l2]`'s client.
+    pubsub: Option<crate::redis::Redis>,
     /// The current configuration's routes (swapped on reload).
     router: ArcSwap<Router>,
     pod: String,
@@ -95,6 +97,7 @@ impl Invalidator {
     pub fn new(
         l1: L1,
         l2: Option<L2>,
+        pubsub: Option<crate::redis::Redis>,
         pod: &str,
         channel: &str,
         metrics: Arc<Metrics>,
@@ -102,6 +105,7 @@ impl Invalidator {
         Invalidator {
             l1,
             l2,
+            pubsub,
             router: ArcSwap::from_pointee(Router::default()),
             pod: pod.to_string(),
             channel: channel.to_string(),
@@ -142,7 +146,7 @@ impl Invalidator {
     pub async fn invalidate(&self, target: Target, source: Source, refresh: bool) {
         let ns = self.invalidate_l2(&target).await;
         let removed = self.apply_l1(&target, source);
-        if self.l2.is_some() {
+        if self.pubsub.is_some() {
             let mut m = Message::heartbeat(&self.pod, clock::now_us());
             m.kind = Kind::Invalidate;
             m.tags = target.tags.clone();
@@ -200,11 +204,10 @@ impl Invalidator {
     }
 
     pub async fn publish(&self, m: &Message) {
-        let Some(l2) = &self.l2 else { return };
+        let Some(redis) = &self.pubsub else { return };
         let mut cmd = ::redis::Cmd::new();
         cmd.arg("PUBLISH").arg(&self.channel).arg(m.encode());
-        let _ = l2
-            .redis()
+        let _ = redis
             .exec("publish", vec![(self.channel.clone(), cmd)])
             .await;
     }

@@ -131,6 +131,8 @@ enum Step {
 pub struct Shared {
     pub l1: L1,
     pub l2: Option<L2>,
+    /// The rate limits' Redis: `[limits.redis]`, else `[l2]`'s client.
+    pub limits_redis: Option<crate::redis::Redis>,
     pub coalescer: Arc<Coalescer>,
     pub invalidator: Arc<Invalidator>,
     pub metrics: Arc<Metrics>,
@@ -145,7 +147,7 @@ impl Proxy {
         shared.invalidator.set_router(router.clone());
         let limiter = Limiter::new(
             &config.limits,
-            shared.l2.as_ref().map(|l| l.redis().clone()),
+            shared.limits_redis.clone(),
             config
                 .l2
                 .as_ref()

@@ -67,6 +67,9 @@ pub(super) fn validate_all(
     LimitsConfig {
         replicas: replicas.max(1),
         rules: limit_rules,
+        redis: f
+            .redis
+            .map(|r| super::l2::validate_redis("limits", "limits.redis", r, env, e)),
     }
 }
 
