@@ -92,7 +92,7 @@ fn validate_limit(
     }
     let mut params: Vec<String> = Vec::new();
     let scope = match (r.match_, r.route) {
-        (Some(m), None) => match MatchTemplate::parse(&m) {
+        (Some(m), None) => match MatchTemplate::parse_limit(&m) {
             Ok(t) => {
                 params = t.params.clone();
                 Some(LimitScope::Match(t))
