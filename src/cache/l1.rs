@@ -383,6 +383,13 @@ impl L1 {
         true
     }
 
+    /// Whether an invalidation touching `key` or `entry`'s tags happened since `ticket`: what a
+    /// fill that keeps nothing here (an `["l2"]` route) asks before it stores elsewhere.
+    pub fn superseded(&self, key: &CacheKey, entry: &Entry, ticket: FillTicket) -> bool {
+        let tags: Vec<TagId> = entry.tags().map(tag_id).collect();
+        self.book().stale(ticket, key, &tags)
+    }
+
     /// Removes every entry carrying one of `tags`, and the `keys`; records the invalidation so
     /// that fills which started before it do not store. Returns the entries removed.
     pub fn invalidate(&self, tags: &[String], keys: &[CacheKey]) -> Vec<Entry> {

@@ -113,6 +113,9 @@ pub struct RouteFile {
     /// Freshness lifetime when the upstream gives none (or always, with
     /// `honor_upstream = false`). Required.
     pub ttl: Option<String>,
+    /// Where entries are kept: `["l1"]` (this pod only: no Redis write per fill), `["l1",
+    /// "l2"]` (default), or `["l2"]` (Redis only: one copy for every pod, no pod memory).
+    pub tiers: Option<Vec<String>>,
     /// `"shared"` (default): one entry for every caller. `"identity"`: the caller identity is
     /// part of the key, so one caller's response is never served to another.
     pub scope: Option<String>,

@@ -292,6 +292,24 @@ pub struct RouteConfig {
     pub statuses: Vec<u16>,
     pub vary: Vec<HeaderName>,
     pub ignore_query: Vec<String>,
+    /// Which tiers hold this route's entries.
+    pub tiers: Tiers,
+}
+
+/// `tiers = ["l1"]`, `["l1", "l2"]` (default) or `["l2"]`. Whatever the tiers, a route's
+/// entries take part in invalidation (L1's tag index, L2's tag sets) and in coalescing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiers {
+    /// Kept in this pod's memory (per-pod, e.g. prices: hot and short-lived).
+    pub l1: bool,
+    /// Kept in Redis, shared by the pods (when `[l2]` exists).
+    pub l2: bool,
+}
+
+impl Default for Tiers {
+    fn default() -> Tiers {
+        Tiers { l1: true, l2: true }
+    }
 }
 
 /// Every problem found in a config, each as `key: message`.

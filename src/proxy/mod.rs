@@ -355,7 +355,11 @@ impl Proxy {
             }
         };
         let head = req.method() == Method::HEAD;
-        match self.lookup(&key, req.headers(), head, Served::Hit) {
+        let in_l1 = route.config.tiers.l1;
+        match in_l1
+            .then(|| self.lookup(&key, req.headers(), head, Served::Hit))
+            .flatten()
+        {
             Some((response, _)) => Step::Answered(Answer {
                 response,
                 outcome: CacheOutcome::Hit,
@@ -429,9 +433,14 @@ impl Proxy {
                         return (resp, CacheOutcome::Hit);
                     }
                     let tags = render_tags(route, &req);
-                    let (found, lease) = await_boxed!(self.l2_lookup(key, &tags));
+                    let (found, lease) = if route.config.tiers.l2 {
+                        await_boxed!(self.l2_lookup(key, &tags))
+                    } else {
+                        (None, None)
+                    };
                     if let Some(entry) = found {
-                        if let Some(answer) = self.promote(key, entry, req.headers(), ticket) {
+                        let l1 = route.config.tiers.l1;
+                        if let Some(answer) = self.promote(key, entry, req.headers(), ticket, l1) {
                             guard.complete(FillState::Done(answer.1));
                             return (answer.0, CacheOutcome::HitL2);
                         }
@@ -552,6 +561,7 @@ impl Proxy {
         entry: Entry,
         headers: &HeaderMap,
         ticket: FillTicket,
+        into_l1: bool,
     ) -> Option<(Response<Body>, Entry)> {
         let Freshness::Fresh {
             age_secs,
@@ -560,7 +570,9 @@ impl Proxy {
         else {
             return None;
         };
-        self.l1.insert_fill(key, entry.clone(), ticket);
+        if into_l1 {
+            self.l1.insert_fill(key, entry.clone(), ticket);
+        }
         let resp = respond::from_entry(
             &entry,
             headers,
@@ -675,7 +687,12 @@ impl Proxy {
 
         let now = clock::now_ms();
         let entry = build_entry(route, path, parts, body, ttl, tags, now);
-        if !self.l1.insert_fill(key, entry.clone(), ticket) {
+        let kept = if route.config.tiers.l1 {
+            self.l1.insert_fill(key, entry.clone(), ticket)
+        } else {
+            !self.l1.superseded(&key, &entry, ticket)
+        };
+        if !kept {
             // An invalidation overlapped this fill, so what it read may predate a write. This
             // request was under way before the write was acknowledged and may have the answer;
             // a follower may have come after it, so each fetches its own, and L2 gets nothing.

@@ -258,6 +258,14 @@ pub(super) fn validate(
         );
     }
     let mut warnings = warnings;
+    for r in &routes {
+        if !has_l2 && r.tiers.l2 && !r.tiers.l1 {
+            e.push(format!(
+                "route `{}`.tiers: [\"l2\"] needs an [l2] section (without it the route would cache nowhere)",
+                r.name
+            ));
+        }
+    }
     if let Some(l2) = &l2 {
         let shared = limits.redis.as_ref().is_none_or(|r| r.target == l2.target);
         if shared && !limits.rules.is_empty() {
