@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
-use super::events::{listens, tags_for};
+use super::events::{listens, tags_for_on};
 use super::message::{Kind, Message};
 use super::Invalidator;
 use crate::cache::clock;
@@ -135,7 +135,7 @@ impl Subscriber {
             .iter()
             .filter(|r| listens(r, channel, pattern.as_deref()))
         {
-            match tags_for(rule, payload) {
+            match tags_for_on(rule, Some(channel), payload) {
                 Ok(Some(tags)) => {
                     self.metrics.pubsub_message("event", "applied");
                     let inv = self.invalidator.clone();
