@@ -113,6 +113,7 @@ impl App {
             invalidator,
             proxy: proxy.clone(),
             token: config.admin.token.clone(),
+            upstream: config.upstream.clone(),
         };
         App {
             config,

@@ -59,6 +59,7 @@ pub struct Metrics {
     pubsub_messages: IntCounterVec,
     pubsub_lag: Histogram,
     ratelimit: IntCounterVec,
+    verify: IntCounterVec,
     config_reloads: IntCounterVec,
     config_valid: IntGauge,
     connections: IntGaugeVec,
@@ -240,6 +241,14 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .unwrap();
+        let verify = IntCounterVec::new(
+            Opts::new(
+                "sidecache_verify_total",
+                "Entries checked by POST /admin/verify against the upstream, by result (identical, drifted, failed, identity: identity-scoped entries, counted only).",
+            ),
+            &["result"],
+        )
+        .unwrap();
         let ratelimit = IntCounterVec::new(
             Opts::new("sidecache_ratelimit_decisions_total", "Rate-limit decisions by rule, outcome (allowed, denied, shadow_denied) and backend (redis, local)."),
             &["rule", "outcome", "backend"],
@@ -301,6 +310,7 @@ impl Metrics {
             Box::new(pubsub_messages.clone()),
             Box::new(pubsub_lag.clone()),
             Box::new(ratelimit.clone()),
+            Box::new(verify.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_valid.clone()),
             Box::new(connections.clone()),
@@ -340,6 +350,7 @@ impl Metrics {
             pubsub_messages,
             pubsub_lag,
             ratelimit,
+            verify,
             config_reloads,
             config_valid,
             connections,
@@ -413,6 +424,11 @@ impl Metrics {
         self.upstream_errors
             .with_label_values(&[route.name.as_str(), kind])
             .inc();
+    }
+
+    /// One entry checked by `POST /admin/verify`.
+    pub fn verified(&self, result: &str) {
+        self.verify.with_label_values(&[result]).inc();
     }
 
     pub fn not_stored(&self, route: &RouteMetrics, reason: &str) {

@@ -454,6 +454,19 @@ impl L1 {
         book.index.retain(|k| map.contains_key(k));
     }
 
+    /// Up to `limit` live entries that `keep` accepts, in no particular order (a sample when
+    /// `keep` takes all): for `POST /admin/verify`, never on a request's path.
+    pub fn entries(&self, limit: usize, mut keep: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+        let now_ms = clock::now_ms();
+        self.map
+            .iter()
+            .filter(|(_, s)| s.expires_ms > now_ms)
+            .map(|(_, s)| s.entry)
+            .filter(|e| keep(e))
+            .take(limit)
+            .collect()
+    }
+
     /// (entries, bytes), for metrics and stats.
     pub fn usage(&self) -> (u64, u64) {
         (self.map.len() as u64, self.map.weight())

@@ -268,6 +268,49 @@ impl L2 {
         Some(deleted)
     }
 
+    /// Up to `limit` readable entries carrying `tag` (its set's members, read): for
+    /// `POST /admin/verify`. `None` when Redis did not answer.
+    pub async fn entries_of_tag(&self, tag: &str, limit: usize) -> Option<Vec<Entry>> {
+        let ns = self.namespace().await?;
+        let set = self.tag_set(ns, tag);
+        let replies = self
+            .redis
+            .exec(
+                "verify_members",
+                vec![(set.clone(), cmd(&["SMEMBERS", &set]))],
+            )
+            .await
+            .ok()?;
+        let names: Vec<String> = match replies.into_iter().next() {
+            Some(Value::Array(items) | Value::Set(items)) => items
+                .into_iter()
+                .filter_map(|m| match m {
+                    Value::BulkString(b) => String::from_utf8(b).ok(),
+                    _ => None,
+                })
+                .take(limit)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let cmds = names
+            .iter()
+            .map(|n| (n.clone(), cmd(&["GET", n])))
+            .collect();
+        let values = self.redis.exec("verify_get", cmds).await.ok()?;
+        Some(
+            values
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::BulkString(b) => codec::decode(Bytes::from(b)).ok(),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
     /// One round trip: `GET entry`.
     pub async fn get(&self, k: &L2Key) -> L2Read {
         let mut get = Cmd::new();

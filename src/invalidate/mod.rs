@@ -122,6 +122,12 @@ impl Invalidator {
         let _ = self.proxy_addr.set(addr);
     }
 
+    /// The proxy listener (refreshes and admin repairs fetch through it); `None` before it
+    /// is bound.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy_addr.get().copied()
+    }
+
     pub fn pod(&self) -> &str {
         &self.pod
     }
