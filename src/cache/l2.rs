@@ -187,6 +187,11 @@ impl L2 {
         Some(*ns as u64)
     }
 
+    /// The key prefix (`[l2] prefix`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn redis(&self) -> &Redis {
         &self.redis
     }

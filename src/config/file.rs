@@ -222,6 +222,18 @@ pub struct WarmupFile {
     pub gate_readiness: Option<bool>,
     /// Longest time warmup may hold readiness. Default `"30s"`.
     pub timeout: Option<String>,
+    /// Fetch `paths` again this often (seed 003's scheduled warming): entries that expired
+    /// are filled again before a request misses them. Default `"0s"`: only at start.
+    pub every: Option<String>,
+    /// With `[l2]`: how many of its hottest keys (a sampled top-k) each pod records in L2, and
+    /// how many a starting pod loads from L2 into L1 before `/readyz` turns ready. `0` turns
+    /// both off. Default `100`.
+    pub hot_keys: Option<usize>,
+    /// How often a pod adds its hot keys to L2. Default `"30s"`.
+    pub hot_keys_every: Option<String>,
+    /// Longest time loading hot keys may hold readiness (Redis down: ready after this).
+    /// Default `"2s"`.
+    pub hot_keys_timeout: Option<String>,
 }
 
 /// `[pubsub]`: how pods tell each other about invalidations (needs `[l2]`).

@@ -206,6 +206,14 @@ pub struct WarmupConfig {
     pub concurrency: usize,
     pub gate_readiness: bool,
     pub timeout: Duration,
+    /// Re-run `paths` this often (zero: only at start).
+    pub every: Duration,
+    /// Hot keys recorded in L2 and loaded at start (zero: off).
+    pub hot_keys: usize,
+    /// How often this pod adds its hot keys to L2.
+    pub hot_keys_every: Duration,
+    /// Longest time loading hot keys may hold readiness.
+    pub hot_keys_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -86,6 +86,7 @@ pub struct Proxy {
     coalescer: Arc<Coalescer>,
     /// The shared tier; `None` without an `[l2]` section.
     l2: Option<L2>,
+    hot: Arc<crate::cache::hot::HotKeys>,
     upstream: Upstream,
     routes: RouteTable,
     metrics: Arc<Metrics>,
@@ -133,6 +134,8 @@ pub struct Shared {
     pub l2: Option<L2>,
     /// The rate limits' Redis: `[limits.redis]`, else `[l2]`'s client.
     pub limits_redis: Option<crate::redis::Redis>,
+    /// This pod's sampled hot keys (warm start of other pods).
+    pub hot: Arc<crate::cache::hot::HotKeys>,
     pub coalescer: Arc<Coalescer>,
     pub invalidator: Arc<Invalidator>,
     pub metrics: Arc<Metrics>,
@@ -161,6 +164,7 @@ impl Proxy {
             limiter,
             l1: shared.l1.clone(),
             l2: shared.l2.clone(),
+            hot: shared.hot.clone(),
             coalescer: shared.coalescer.clone(),
             upstream: Upstream::new(&config.upstream),
             routes: shared.metrics.route_table(&names),
@@ -356,6 +360,10 @@ impl Proxy {
         };
         let head = req.method() == Method::HEAD;
         let in_l1 = route.config.tiers.l1;
+        // Sampled hot keys warm other pods' L1: only keys whose route keeps entries there.
+        if in_l1 && crate::cache::hot::sampled() {
+            self.hot.record(key);
+        }
         match in_l1
             .then(|| self.lookup(&key, req.headers(), head, Served::Hit))
             .flatten()
