@@ -282,7 +282,7 @@ impl App {
                             tracing::warn!(timeout = ?warmup.hot_keys_timeout, "Loading hot keys timed out; going on.")
                         }
                     }
-                    if !(warmup.gate_readiness && !warmup.paths.is_empty()) {
+                    if !warmup.gate_readiness || warmup.paths.is_empty() {
                         health.set_ready();
                     }
                 }

@@ -94,7 +94,7 @@ impl HotKeys {
     pub fn take_top(&self) -> Vec<(CacheKey, u32)> {
         let mut counts = self.counts.lock().expect("hot keys lock");
         let mut top: Vec<(u128, u32)> = counts.iter().map(|(k, c)| (*k, *c)).collect();
-        top.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        top.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
         top.truncate(self.k);
         counts.retain(|_, c| {
             *c /= 2;
