@@ -136,3 +136,84 @@ ttl = "500ms"
     let m = a.metrics().await;
     assert!(metric(&m, "sidecache_requests_total", &[("cache", "miss")]) >= 3.0);
 }
+
+/// A deterministic Zipf(s = 1) sampler over `n` ranks (xorshift and the inverse CDF).
+struct Zipf {
+    cdf: Vec<f64>,
+    state: u64,
+}
+
+impl Zipf {
+    fn new(n: usize, seed: u64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n);
+        let mut sum = 0.0;
+        for r in 1..=n {
+            sum += 1.0 / r as f64;
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        Zipf { cdf, state: seed }
+    }
+
+    fn next(&mut self) -> usize {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        let u = (self.state >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|c| *c < u)
+    }
+}
+
+/// Runs `n` Zipf requests against `pod`; returns its L1 hit ratio over them.
+async fn l1_ratio(pod: &Sidecache, zipf: &mut Zipf, n: usize) -> f64 {
+    let mut l1 = 0;
+    for _ in 0..n {
+        let r = pod.get(&format!("/api/groups/G/S{}", zipf.next())).await;
+        if tier(&r) == "l1" {
+            l1 += 1;
+        }
+    }
+    l1 as f64 / n as f64
+}
+
+/// Issue 19's figure, not a check: a new pod's L1 hit ratio over its first 6,000 requests (a
+/// minute at 100 req/s) on a Zipf(1) workload over 10,000 keys, with a warm L2, loading the hot
+/// keys at start vs not (cold L1). Run by `scripts/warm-start-figure.sh` (release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: scripts/warm-start-figure.sh"]
+async fn figure_warm_start_zipf() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|r| Reply::json(format!("{{\"path\":\"{}\"}}", r.uri))).await;
+    let cfg = |hot: usize| {
+        format!(
+            "{}[warmup]\nhot_keys = {hot}\nhot_keys_every = \"200ms\"\nhot_keys_timeout = \"10s\"\n{ROUTES}",
+            l2_standalone(&redis.url())
+        )
+    };
+    let a = Sidecache::start(&origin, &cfg(1000)).await;
+    let mut zipf = Zipf::new(10_000, 0x5eed);
+    let first = l1_ratio(&a, &mut zipf, 50_000).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (name, hot) in [
+        ("warm start (hot_keys = 1000)", 1000),
+        ("cold L1 (hot_keys = 0)", 0),
+    ] {
+        let started = std::time::Instant::now();
+        let b = Sidecache::start(&origin, &cfg(hot)).await;
+        b.wait_ready().await;
+        let ready = started.elapsed();
+        let loaded = metric(&b.metrics().await, "sidecache_l1_entries", &[]);
+        let mut zipf = Zipf::new(10_000, 0xfeed + hot as u64);
+        let ratio = l1_ratio(&b, &mut zipf, 6_000).await;
+        println!(
+            "FIGURE warm start: {name}: ready in {ready:?} with {loaded} entries in L1; L1 hit ratio over the first 6,000 requests {:.1}%",
+            ratio * 100.0
+        );
+    }
+    println!(
+        "FIGURE warm start: (the first pod's own L1 hit ratio over its first 50,000 requests from empty: {:.1}%)",
+        first * 100.0
+    );
+}
