@@ -556,3 +556,48 @@ tags = [\"group:{{group}}\"]
     assert_eq!(tier(&c.get("/api/groups/G8/S42").await), "l2");
     assert_eq!(origin.hits(), hits + 1);
 }
+
+/// A tag set that cannot take the entry's name (a key of another type where the set should
+/// be) means the entry would be unreachable from that tag: it is not kept in L2, whether the
+/// set turned bad before the fill (the lease batch fails: no L2 for this fill) or during it
+/// (the put's tag step fails: what the script stored is removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_tag_set_refuses_it_is_not_kept() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|r| {
+        let slow = r.uri.ends_with("/SLOW");
+        Reply::json(format!("{{\"path\":\"{}\"}}", r.uri)).delay(if slow {
+            Duration::from_millis(400)
+        } else {
+            Duration::ZERO
+        })
+    })
+    .await;
+    let extra = format!("{}{ROUTE_GROUP}", l2_standalone(&redis.url()));
+    let a = Arc::new(Sidecache::start(&origin, &extra).await);
+    a.get("/api/groups/VIP/A").await;
+    a.get("/api/groups/VIP/B").await;
+    let group_set = redis
+        .cli(&["--scan", "--pattern", "sidecache:*:keys"])
+        .lines()
+        .find(|k| redis.cli(&["SCARD", k]) == "2")
+        .expect("the group's set")
+        .to_string();
+    let spoil = || {
+        redis.cli(&["DEL", &group_set]);
+        redis.cli(&["SET", &group_set, "not a set", "PX", "60000"]);
+    };
+    // During a fill: the lease is taken, then the set goes bad before the put.
+    let hits = origin.hits();
+    let a2 = a.clone();
+    let slow = tokio::spawn(async move { a2.get("/api/groups/VIP/SLOW").await });
+    assert!(eventually(Duration::from_secs(5), async || origin.hits() > hits).await);
+    spoil();
+    assert_eq!(slow.await.unwrap().status, 200);
+    // Before a fill.
+    assert_eq!(a.get("/api/groups/VIP/C").await.status, 200);
+    let b = Sidecache::start(&origin, &extra).await;
+    assert_eq!(tier(&b.get("/api/groups/VIP/SLOW").await), "upstream");
+    assert_eq!(tier(&b.get("/api/groups/VIP/C").await), "upstream");
+    assert_eq!(tier(&b.get("/api/groups/VIP/A").await), "l2");
+}

@@ -64,7 +64,7 @@ use bytes::Bytes;
 
 use super::{codec, CacheKey, Entry};
 use crate::config::L2Config;
-use crate::redis::Redis;
+use crate::redis::{Redis, RedisError};
 
 /// Stores the entry only if the caller still holds the lease.
 /// KEYS[1] entry, KEYS[2] lease; ARGV[1] token, ARGV[2] payload, ARGV[3] TTL in ms.
@@ -408,8 +408,15 @@ impl L2 {
             // One connection runs a pipeline in order: the tag sets come first.
             let n = tag_cmds.len();
             tag_cmds.push(put);
-            let Ok(v) = self.redis.exec("put", tag_cmds).await else {
-                return false;
+            let v = match self.redis.exec("put", tag_cmds).await {
+                Ok(v) => v,
+                // An error reply fails the whole pipeline, after Redis ran all of it: the put
+                // script may have stored while a tag set refused. Not kept (see below).
+                Err(RedisError::Failed(_)) if n > 0 => {
+                    self.unlink(&k.entry).await;
+                    return false;
+                }
+                Err(_) => return false,
             };
             let stored = matches!(v.get(n), Some(Value::Int(1)));
             if stored && !ok(&v[..n]) {
