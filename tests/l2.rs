@@ -601,3 +601,31 @@ async fn an_entry_whose_tag_set_refuses_it_is_not_kept() {
     assert_eq!(tier(&b.get("/api/groups/VIP/C").await), "upstream");
     assert_eq!(tier(&b.get("/api/groups/VIP/A").await), "l2");
 }
+
+/// A rolling upgrade from the layout that placed entries by their first tag: an old pod
+/// invalidating a URL removes only its own names from L2, then tells the pods. The new pods
+/// remove the entry under the new names too, so no pod serves it from L2 afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_invalidation_from_a_pod_of_the_earlier_layout_reaches_l2() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(counting_origin_reply).await;
+    let extra = format!("{}{ROUTE_GROUP}", l2_standalone(&redis.url()));
+    let a = Sidecache::start(&origin, &extra).await;
+    a.get("/api/groups/VIP/EURUSD").await;
+    let entry = redis.cli(&["--scan", "--pattern", "sidecache:*}:e"]);
+    let entry = entry.lines().next().expect("the entry").to_string();
+    let key = &entry[entry.find('{').unwrap() + 1..entry.find('}').unwrap()];
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let message = format!(
+        r#"{{"v":1,"kind":"invalidate","origin":"old-pod","ts":{ts},"keys":["{key}"],"source":"admin"}}"#
+    );
+    redis.cli(&["PUBLISH", "sidecache:invalidate", &message]);
+    let gone = eventually(Duration::from_secs(5), async || {
+        redis.cli(&["EXISTS", &entry]) == "0"
+    })
+    .await;
+    assert!(gone, "{entry} outlived the old pod's invalidation");
+}

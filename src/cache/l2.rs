@@ -90,6 +90,9 @@ pub struct L2Key {
     pub lease: String,
     /// Tag sets the key belongs to.
     pub tag_sets: Vec<String>,
+    /// The name this entry had before issue 19 (placed by its first tag), while pods of both
+    /// layouts may share L2 during a rolling upgrade: invalidation by key removes both.
+    pub legacy_entry: Option<String>,
 }
 
 /// What an L2 read found.
@@ -206,6 +209,9 @@ impl L2 {
             lease: lease_of(&entry),
             entry,
             tag_sets: tags.iter().map(|t| self.tag_set(ns, t)).collect(),
+            legacy_entry: tags
+                .first()
+                .map(|t| format!("{}:{ns}:{{t:{}}}:e:{key}", self.prefix, tag_hash(t))),
         })
     }
 
@@ -246,6 +252,11 @@ impl L2 {
             .flatten()
             .map(|m| (m.clone(), lease_of(m)))
             .chain(keys.iter().map(|k| (k.entry.clone(), k.lease.clone())))
+            .chain(
+                keys.iter()
+                    .filter_map(|k| k.legacy_entry.as_ref())
+                    .map(|e| (e.clone(), lease_of(e))),
+            )
             .collect();
         for (entry, lease) in &entries {
             cmds.push((entry.clone(), cmd(&["UNLINK", entry])));
@@ -314,6 +325,22 @@ impl L2 {
                 })
                 .collect(),
         )
+    }
+
+    /// Removes the entries and leases of `keys` under this layout's names: what a pod does
+    /// with another pod's invalidation by key, which that pod may have applied to L2 under the
+    /// earlier layout's names only (a rolling upgrade from before issue 19). Transitional.
+    pub async fn unlink_keys(&self, keys: &[CacheKey]) {
+        let mut cmds = Vec::with_capacity(2 * keys.len());
+        for k in keys {
+            if let Some(l2key) = self.key(*k, &[]).await {
+                cmds.push((l2key.entry.clone(), cmd(&["UNLINK", &l2key.entry])));
+                cmds.push((l2key.lease.clone(), cmd(&["UNLINK", &l2key.lease])));
+            }
+        }
+        if !cmds.is_empty() {
+            let _ = self.redis.exec("invalidate_peer_keys", cmds).await;
+        }
     }
 
     /// One round trip: `GET entry`.
@@ -539,9 +566,22 @@ mod tests {
             assert_eq!(other.tag_sets, k.tag_sets);
             // The same key without tags has the same names (tags only add set memberships).
             assert_eq!(l2.key(CacheKey(7), &[]).await.unwrap().entry, k.entry);
-            // Names from the earlier layout (placed by first tag) still map to their lease, so
-            // an invalidation during a rolling upgrade removes both.
+            // Names from the earlier layout (placed by first tag) still map to their lease, and
+            // a key's earlier name is known, so an invalidation during a rolling upgrade
+            // removes both.
             assert_eq!(lease_of("p:3:{t:ab}:e:7"), "p:3:{t:ab}:l:7");
+            let legacy = k.legacy_entry.as_deref().unwrap();
+            assert_eq!(
+                crate::redis::hash_tag(legacy),
+                crate::redis::hash_tag(&k.tag_sets[0])
+            );
+            assert!(legacy.ends_with(&format!("}}:e:{}", CacheKey(7))));
+            assert!(l2
+                .key(CacheKey(7), &[])
+                .await
+                .unwrap()
+                .legacy_entry
+                .is_none());
         });
     }
 }

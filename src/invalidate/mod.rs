@@ -198,6 +198,15 @@ impl Invalidator {
             all: m.all,
         };
         let removed = self.apply_l1(&target, Source::Peer);
+        if let (Some(l2), false) = (&self.l2, target.keys.is_empty()) {
+            // The sender removed these keys from L2 under its own layout's names; a sender from
+            // before issue 19 used others. Redundant (and harmless) once every pod is upgraded.
+            let (l2, keys) = (
+                l2.clone(),
+                target.keys.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            );
+            tokio::spawn(async move { l2.unlink_keys(&keys).await });
+        }
         if m.refresh {
             self.refresh(removed);
         }
