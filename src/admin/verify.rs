@@ -168,6 +168,7 @@ impl Admin {
         ask: &VerifyRequest,
         limit: usize,
     ) -> Result<Vec<Entry>, Response<Body>> {
+        // Deduplicated by key: a tag's entry is often both in L1 here and in L2.
         let mut found = if let Some(tag) = &ask.tag {
             let mut e = self.l1.entries(limit, |e| e.tags().any(|t| t == tag));
             if let Some(l2) = self.invalidator.l2() {
@@ -194,16 +195,9 @@ impl Admin {
             self.l1.entries(limit, |_| true)
         };
         let mut seen = HashSet::new();
-        found.retain(|e| {
-            let id = if e.path().is_empty() {
-                format!("identity:{}:{:?}", e.stored_at_ms(), e.etag())
-            } else {
-                e.path().to_string()
-            };
-            seen.insert(id)
-        });
+        found.retain(|(k, _)| seen.insert(*k));
         found.truncate(limit);
-        Ok(found)
+        Ok(found.into_iter().map(|(_, e)| e).collect())
     }
 
     /// Drops `urls` everywhere (here, L2, other pods), then fetches each once through the

@@ -456,13 +456,22 @@ impl L1 {
 
     /// Up to `limit` live entries that `keep` accepts, in no particular order (a sample when
     /// `keep` takes all): for `POST /admin/verify`, never on a request's path.
-    pub fn entries(&self, limit: usize, mut keep: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+    pub fn entries(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) -> Vec<(CacheKey, Entry)> {
         let now_ms = clock::now_ms();
         self.map
             .iter()
             .filter(|(_, s)| s.expires_ms > now_ms)
-            .map(|(_, s)| s.entry)
-            .filter(|e| keep(e))
+            .map(|(k, s)| {
+                (
+                    CacheKey((u128::from(k.0[0]) << 64) | u128::from(k.0[1])),
+                    s.entry,
+                )
+            })
+            .filter(|(_, e)| keep(e))
             .take(limit)
             .collect()
     }

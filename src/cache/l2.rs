@@ -286,7 +286,7 @@ impl L2 {
 
     /// Up to `limit` readable entries carrying `tag` (its set's members, read): for
     /// `POST /admin/verify`. `None` when Redis did not answer.
-    pub async fn entries_of_tag(&self, tag: &str, limit: usize) -> Option<Vec<Entry>> {
+    pub async fn entries_of_tag(&self, tag: &str, limit: usize) -> Option<Vec<(CacheKey, Entry)>> {
         let ns = self.namespace().await?;
         let set = self.tag_set(ns, tag);
         let replies = self
@@ -317,11 +317,15 @@ impl L2 {
             .collect();
         let values = self.redis.exec("verify_get", cmds).await.ok()?;
         Some(
-            values
-                .into_iter()
-                .filter_map(|v| match v {
-                    Value::BulkString(b) => codec::decode(Bytes::from(b)).ok(),
-                    _ => None,
+            names
+                .iter()
+                .zip(values)
+                .filter_map(|(name, v)| {
+                    let key = key_of_name(name)?;
+                    match v {
+                        Value::BulkString(b) => Some((key, codec::decode(Bytes::from(b)).ok()?)),
+                        _ => None,
+                    }
                 })
                 .collect(),
         )
@@ -515,6 +519,15 @@ fn cmd(args: &[&str]) -> Cmd {
     c
 }
 
+/// The cache key in an entry name: `...:{<key>}:e`, or the earlier `...}:e:<key>`.
+fn key_of_name(name: &str) -> Option<CacheKey> {
+    let hex = match name.rsplit_once("}:e:") {
+        Some((_, hex)) => hex,
+        None => crate::redis::hash_tag(name.strip_suffix(":e")?),
+    };
+    u128::from_str_radix(hex, 16).ok().map(CacheKey)
+}
+
 /// The lease name of an entry name: the `e` segment after the hash tag becomes `l`.
 fn lease_of(entry: &str) -> String {
     match entry.rfind("}:e") {
@@ -582,6 +595,8 @@ mod tests {
                 .unwrap()
                 .legacy_entry
                 .is_none());
+            assert_eq!(key_of_name(&k.entry), Some(CacheKey(7)));
+            assert_eq!(key_of_name(legacy), Some(CacheKey(7)));
         });
     }
 }
