@@ -70,24 +70,42 @@ impl App {
             )
         };
         let pod_id = pod_id();
-        let l2 = config.l2.as_ref().map(|c| {
-            let redis = Redis::start(c, metrics.clone());
-            L2::new(redis, c, &pod_id)
-        });
-        if l2.is_some() {
+        let l2_redis = config
+            .l2
+            .as_ref()
+            .map(|c| Redis::start(&c.redis("l2"), metrics.clone()));
+        let l2 = l2_redis
+            .clone()
+            .zip(config.l2.as_ref())
+            .map(|(redis, c)| L2::new(redis, c, &pod_id));
+        // A section with a target of its own gets its own client (connection, breaker,
+        // metrics label); otherwise it shares [l2]'s.
+        let own = |c: &Option<crate::config::RedisConfig>| {
+            c.as_ref().map(|c| Redis::start(c, metrics.clone()))
+        };
+        let pubsub_redis = own(&config.pubsub.redis).or_else(|| l2_redis.clone());
+        let limits_redis = own(&config.limits.redis).or_else(|| l2_redis.clone());
+        if pubsub_redis.is_some() {
             // Until the subscription is up, invalidations from other pods cannot arrive.
             l1.enter_degraded();
         }
         let invalidator = Arc::new(Invalidator::new(
             l1.clone(),
             l2.clone(),
+            pubsub_redis,
             &pod_id,
             &config.pubsub.channel,
             metrics.clone(),
         ));
         let shared = Shared {
             l1: l1.clone(),
+            hot: Arc::new(crate::cache::hot::HotKeys::new(if l2.is_some() {
+                config.warmup.hot_keys
+            } else {
+                0
+            })),
             l2,
+            limits_redis,
             coalescer: Arc::new(Coalescer::default()),
             invalidator: invalidator.clone(),
             metrics: metrics.clone(),
@@ -100,6 +118,7 @@ impl App {
             invalidator,
             proxy: proxy.clone(),
             token: config.admin.token.clone(),
+            upstream: config.upstream.clone(),
         };
         App {
             config,
@@ -131,16 +150,34 @@ impl App {
         });
         let events = Arc::new(ArcSwap::from_pointee(self.config.events.clone()));
         let resubscribe = Arc::new(Notify::new());
-        if let Some(l2) = &self.config.l2 {
+        let pubsub_target = self
+            .config
+            .pubsub
+            .redis
+            .clone()
+            .or_else(|| self.config.l2.as_ref().map(|c| c.redis("pubsub")));
+        if let Some(redis) = pubsub_target {
             let subscriber = Subscriber {
                 invalidator: self.admin.invalidator.clone(),
                 events: events.clone(),
                 resubscribe: resubscribe.clone(),
                 pubsub: self.config.pubsub.clone(),
-                l2: l2.clone(),
+                redis,
                 metrics: self.admin.metrics.clone(),
             };
             tokio::spawn(subscriber.run());
+        }
+        if let (Some(l2), true) = (&self.shared.l2, self.shared.hot.enabled()) {
+            let (l2, hot) = (l2.clone(), self.shared.hot.clone());
+            let every = self.config.warmup.hot_keys_every;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    crate::cache::hot::publish(&hot, &l2).await;
+                }
+            });
         }
         if let Some(path) = &self.config_path {
             let reloader = Reloader {
@@ -206,31 +243,74 @@ impl App {
         ));
 
         let warmup = self.config.warmup.clone();
-        if warmup.paths.is_empty() {
-            self.admin.health.set_ready();
-        } else {
-            let health = self.admin.health.clone();
-            if !warmup.gate_readiness {
-                health.set_ready();
-            }
+        // Hot keys from L2 hold readiness (at most `hot_keys_timeout`), warmup paths only when
+        // they gate it (at most `timeout`).
+        let hot_load = self.shared.l2.clone().filter(|_| self.shared.hot.enabled());
+        let gated = hot_load.is_some() || (warmup.gate_readiness && !warmup.paths.is_empty());
+        let health = self.admin.health.clone();
+        if !gated {
+            health.set_ready();
+        }
+        if gated || !warmup.paths.is_empty() {
             let l1 = self.admin.l1.clone();
+            let proxy = self.proxy.clone();
             tokio::spawn(async move {
-                let work = async {
-                    // Warming before the subscription is up would be wasted: subscribing drops
-                    // L1 (what was stored before may have missed invalidations).
-                    while l1.is_degraded() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Some(l2) = hot_load {
+                    let load = async {
+                        // Loaded before the subscription is up, entries would be dropped by it
+                        // (what was stored before may have missed invalidations).
+                        while l1.is_degraded() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        let keys = crate::cache::hot::read(&l2, warmup.hot_keys).await;
+                        let proxy = proxy.load();
+                        let router = proxy.router();
+                        let in_l1 = |e: &crate::cache::Entry| {
+                            let path = e.path().split('?').next().unwrap_or_default();
+                            router
+                                .find(&http::Method::GET, path)
+                                .is_some_and(|m| m.route.config.tiers.l1)
+                        };
+                        let n = crate::cache::hot::load(&l1, &l2, &keys, in_l1).await;
+                        (keys.len(), n)
+                    };
+                    match tokio::time::timeout(warmup.hot_keys_timeout, load).await {
+                        Ok((hot, loaded)) => {
+                            tracing::info!(hot, loaded, "Hot keys loaded from L2 into L1.")
+                        }
+                        Err(_) => {
+                            tracing::warn!(timeout = ?warmup.hot_keys_timeout, "Loading hot keys timed out; going on.")
+                        }
                     }
-                    crate::warmup::run(&warmup, proxy_addr).await
-                };
-                let done = tokio::time::timeout(warmup.timeout, work).await;
-                match done {
-                    Ok((ok, failed)) => tracing::info!(ok, failed, "Warmup finished."),
-                    Err(_) => {
-                        tracing::warn!(timeout = ?warmup.timeout, "Warmup timed out; going ready anyway.")
+                    if !warmup.gate_readiness || warmup.paths.is_empty() {
+                        health.set_ready();
+                    }
+                }
+                if !warmup.paths.is_empty() {
+                    let work = async {
+                        while l1.is_degraded() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        crate::warmup::run(&warmup, proxy_addr).await
+                    };
+                    match tokio::time::timeout(warmup.timeout, work).await {
+                        Ok((ok, failed)) => tracing::info!(ok, failed, "Warmup finished."),
+                        Err(_) => {
+                            tracing::warn!(timeout = ?warmup.timeout, "Warmup timed out; going ready anyway.")
+                        }
                     }
                 }
                 health.set_ready();
+                // Scheduled warming: expired entries are filled again before a request misses.
+                if !warmup.every.is_zero() && !warmup.paths.is_empty() {
+                    let mut tick = tokio::time::interval(warmup.every);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        let (ok, failed) = crate::warmup::run(&warmup, proxy_addr).await;
+                        tracing::debug!(ok, failed, "Scheduled warmup ran.");
+                    }
+                }
             });
         }
         for warning in &self.config.warnings {

@@ -59,6 +59,7 @@ pub struct Metrics {
     pubsub_messages: IntCounterVec,
     pubsub_lag: Histogram,
     ratelimit: IntCounterVec,
+    verify: IntCounterVec,
     config_reloads: IntCounterVec,
     config_valid: IntGauge,
     connections: IntGaugeVec,
@@ -175,17 +176,17 @@ impl Metrics {
         )
         .unwrap();
         let l2_operations = IntCounterVec::new(
-            Opts::new("sidecache_l2_operations_total", "Redis (L2) operations by op (get, lease, put, release, ...) and result (ok, hit, miss, corrupt, error, timeout, skipped, not_connected)."),
-            &["op", "result"],
+            Opts::new("sidecache_l2_operations_total", "Redis operations by redis target (l2, limits, pubsub), op (get, lease, put, release, ratelimit, publish, ...) and result (ok, error, timeout, skipped, not_connected)."),
+            &["redis", "op", "result"],
         )
         .unwrap();
         let l2_duration = HistogramVec::new(
             HistogramOpts::new(
                 "sidecache_l2_duration_seconds",
-                "Time of Redis (L2) round trips, by op.",
+                "Time of Redis round trips, by redis target and op.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["op"],
+            &["redis", "op"],
         )
         .unwrap();
         let l2_lease_waits = IntCounterVec::new(
@@ -202,8 +203,8 @@ impl Metrics {
         )
         .unwrap();
         let breaker_state = IntGaugeVec::new(
-            Opts::new("sidecache_redis_breaker_state", "1 for the Redis circuit breaker's current state (closed, open, half_open), 0 for the others."),
-            &["state"],
+            Opts::new("sidecache_redis_breaker_state", "1 for each Redis target's (l2, limits, pubsub) circuit breaker's current state (closed, open, half_open), 0 for the others."),
+            &["redis", "state"],
         )
         .unwrap();
         let invalidations = IntCounterVec::new(
@@ -238,6 +239,14 @@ impl Metrics {
                 "Time from another pod publishing an invalidation to this pod applying it.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let verify = IntCounterVec::new(
+            Opts::new(
+                "sidecache_verify_total",
+                "Entries checked by POST /admin/verify against the upstream, by result (identical, drifted, failed, identity: identity-scoped entries, counted only).",
+            ),
+            &["result"],
         )
         .unwrap();
         let ratelimit = IntCounterVec::new(
@@ -301,6 +310,7 @@ impl Metrics {
             Box::new(pubsub_messages.clone()),
             Box::new(pubsub_lag.clone()),
             Box::new(ratelimit.clone()),
+            Box::new(verify.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_valid.clone()),
             Box::new(connections.clone()),
@@ -340,6 +350,7 @@ impl Metrics {
             pubsub_messages,
             pubsub_lag,
             ratelimit,
+            verify,
             config_reloads,
             config_valid,
             connections,
@@ -415,6 +426,11 @@ impl Metrics {
             .inc();
     }
 
+    /// One entry checked by `POST /admin/verify`.
+    pub fn verified(&self, result: &str) {
+        self.verify.with_label_values(&[result]).inc();
+    }
+
     pub fn not_stored(&self, route: &RouteMetrics, reason: &str) {
         self.not_stored
             .with_label_values(&[route.name.as_str(), reason])
@@ -436,10 +452,12 @@ impl Metrics {
     }
 
     /// Counts one L2 operation; `seconds` when a round trip was made.
-    pub fn l2_op(&self, op: &str, result: &str, seconds: Option<f64>) {
-        self.l2_operations.with_label_values(&[op, result]).inc();
+    pub fn l2_op(&self, redis: &str, op: &str, result: &str, seconds: Option<f64>) {
+        self.l2_operations
+            .with_label_values(&[redis, op, result])
+            .inc();
         if let Some(s) = seconds {
-            self.l2_duration.with_label_values(&[op]).observe(s);
+            self.l2_duration.with_label_values(&[redis, op]).observe(s);
         }
     }
 
@@ -452,10 +470,10 @@ impl Metrics {
     }
 
     /// Marks `state` (`closed`, `open` or `half_open`) as the breaker's current state.
-    pub fn set_breaker_state(&self, state: &str) {
+    pub fn set_breaker_state(&self, redis: &str, state: &str) {
         for s in BREAKER_STATES {
             self.breaker_state
-                .with_label_values(&[s])
+                .with_label_values(&[redis, s])
                 .set(i64::from(s == state));
         }
     }

@@ -116,6 +116,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     // Compared as values: their `Debug` hides the password, whose change needs a restart too.
     let l2_changed = if old.l2 == new.l2 { "" } else { "changed" };
     differ("l2", String::new(), l2_changed.into());
+    let limits_changed = if old.limits.redis == new.limits.redis {
+        ""
+    } else {
+        "changed"
+    };
+    differ("limits.redis", String::new(), limits_changed.into());
     differ(
         "pubsub",
         format!("{:?}", old.pubsub),

@@ -66,7 +66,10 @@ fn shipped_configs_pass_check() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+    let dir = |d: &str| std::fs::read_dir(format!("{}/{d}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let examples: Vec<_> = dir("config/examples").collect();
+    assert!(examples.len() >= 4, "the seeds' example configs");
+    for entry in dir("config").chain(examples) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let out = sidecache(&["check", "--config", path.to_str().unwrap()]);

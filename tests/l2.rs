@@ -81,12 +81,12 @@ async fn an_l2_hit_is_one_get_and_a_fill_one_pipelined_write() {
     let hit = commandstats(&redis);
     eprintln!("fill: {fill:?}\nl2 hit: {hit:?}");
     // The fill, in three round trips: the lookup (GET), the lease batch (SET NX, and SADD +
-    // PEXPIRE NX for each of the two tags), and the put batch (EVAL of the put script, whose
-    // GET/SET/DEL commandstats counts too, and PEXPIRE NX + GT for each tag).
+    // PEXPIRE NX for each of the two tags), and the put batch (SADD + PEXPIRE NX + GT for each
+    // tag, then EVAL of the put script, whose GET/SET/DEL commandstats counts too).
     let expected: std::collections::BTreeMap<String, u64> = [
         ("get", 2),
         ("set", 2),
-        ("sadd", 2),
+        ("sadd", 4),
         ("pexpire", 6),
         ("eval", 1),
         ("del", 1),
@@ -121,8 +121,19 @@ fn commandstats(redis: &RedisServer) -> std::collections::BTreeMap<String, u64> 
             let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
             Some((name.to_string(), calls.parse().ok()?))
         })
-        // Heartbeats are pub/sub traffic, not cache operations.
-        .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat" | "publish"))
+        // Heartbeats are pub/sub traffic, and hot keys warm-start traffic: not cache operations.
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "info"
+                    | "config|resetstat"
+                    | "publish"
+                    | "zrevrange"
+                    | "zincrby"
+                    | "zremrangebyrank"
+                    | "expire"
+            )
+        })
         .collect()
 }
 
@@ -417,4 +428,204 @@ async fn warmup_fills_before_ready() {
         ),
         3.0
     );
+}
+
+/// Issue 19's figure: 10,000 group entries over 100 groups, every one sharing its group's tag
+/// first, spread over the 3 masters by their own keys (no master holds more than 40%); and the
+/// round trips of a fill and of an L2 hit on Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spreads_entries_that_share_a_tag_over_every_master() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    let origin = Origin::start(counting_origin_reply).await;
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let extra = format!(
+        "[l2]\ncluster = [{}]\ntimeout = \"2s\"\n{ROUTE_GROUP}
+[[invalidate]]
+match = \"PUT /api/superadmin/groups/{{group}}\"
+tags = [\"group:{{group}}\"]
+",
+        nodes.join(", ")
+    );
+    let a = Arc::new(Sidecache::start(&origin, &extra).await);
+    let b = Sidecache::start(&origin, &extra).await;
+    // A fresh path each time: one filled before the connection was up stays out of L2.
+    let mut n = 0;
+    let connected = eventually(Duration::from_secs(10), async || {
+        n += 1;
+        let probe = format!("/api/groups/probe/{n}");
+        a.get(&probe).await;
+        tier(&b.get(&probe).await) == "l2"
+    })
+    .await;
+    assert!(connected, "cluster L2 never became usable");
+
+    // Round trips of one fill and one L2 hit, counted as Redis calls by operation.
+    let ops = |m: &str| -> Vec<(String, f64)> {
+        ["get", "lease", "put_tags", "put"]
+            .iter()
+            .map(|op| {
+                let n = metric(m, "sidecache_l2_operations_total", &[("op", op)]);
+                (op.to_string(), n)
+            })
+            .collect()
+    };
+    let before = ops(&a.metrics().await);
+    a.get("/api/groups/G0/probe").await;
+    let after = ops(&a.metrics().await);
+    let fill: Vec<(String, f64)> = after
+        .iter()
+        .zip(&before)
+        .map(|((op, x), (_, y))| (op.clone(), x - y))
+        .collect();
+    let before = ops(&b.metrics().await);
+    assert_eq!(tier(&b.get("/api/groups/G0/probe").await), "l2");
+    let after = ops(&b.metrics().await);
+    let hit: f64 = after
+        .iter()
+        .zip(&before)
+        .map(|((_, x), (_, y))| x - y)
+        .sum();
+    eprintln!("cluster fill round trips by op: {fill:?}; L2 hit: {hit}");
+    assert_eq!(hit, 1.0, "an L2 hit is one GET");
+    let fill_total: f64 = fill.iter().map(|(_, n)| n).sum();
+    assert_eq!(fill_total, 4.0, "lookup, lease, tag sets, put: {fill:?}");
+
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..10_000).step_by(16) {
+                let r = a
+                    .get(&format!("/api/groups/G{}/S{}", i % 100, i / 100))
+                    .await;
+                assert_eq!(r.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("10,000 fills in {:?}", started.elapsed());
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(&m, "sidecache_l2_operations_total", &[("result", "error")]),
+        0.0
+    );
+    let per_master: Vec<usize> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["--scan", "--pattern", "sidecache:*}:e"])
+                .lines()
+                .filter(|k| k.contains("}:e"))
+                .count()
+        })
+        .collect();
+    let total: usize = per_master.iter().sum();
+    let max = *per_master.iter().max().unwrap();
+    eprintln!(
+        "entries per master: {per_master:?} of {total}; largest share {:.1}%",
+        100.0 * max as f64 / total as f64
+    );
+    assert!(total >= 10_001, "{per_master:?}");
+    assert!(max * 100 <= total * 40, "a hot shard: {per_master:?}");
+
+    // Invalidating one group's tag on Cluster reaches every entry of the group, wherever each
+    // lives: the 100 entries of G7 go, nothing else does.
+    let w = a
+        .request(http::Method::PUT, "/api/superadmin/groups/G7", &[], "x")
+        .await;
+    assert_eq!(w.status, 200);
+    let left: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["--scan", "--pattern", "sidecache:*}:e"])
+                .lines()
+                .filter(|k| k.contains("}:e"))
+                .count()
+        })
+        .sum();
+    assert_eq!(left, total - 100);
+    let hits = origin.hits();
+    let c = Sidecache::start(&origin, &extra).await;
+    assert_eq!(tier(&c.get("/api/groups/G7/S42").await), "upstream");
+    assert_eq!(tier(&c.get("/api/groups/G8/S42").await), "l2");
+    assert_eq!(origin.hits(), hits + 1);
+}
+
+/// A tag set that cannot take the entry's name (a key of another type where the set should
+/// be) means the entry would be unreachable from that tag: it is not kept in L2, whether the
+/// set turned bad before the fill (the lease batch fails: no L2 for this fill) or during it
+/// (the put's tag step fails: what the script stored is removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_tag_set_refuses_it_is_not_kept() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|r| {
+        let slow = r.uri.ends_with("/SLOW");
+        Reply::json(format!("{{\"path\":\"{}\"}}", r.uri)).delay(if slow {
+            Duration::from_millis(400)
+        } else {
+            Duration::ZERO
+        })
+    })
+    .await;
+    let extra = format!("{}{ROUTE_GROUP}", l2_standalone(&redis.url()));
+    let a = Arc::new(Sidecache::start(&origin, &extra).await);
+    a.get("/api/groups/VIP/A").await;
+    a.get("/api/groups/VIP/B").await;
+    let group_set = redis
+        .cli(&["--scan", "--pattern", "sidecache:*:keys"])
+        .lines()
+        .find(|k| redis.cli(&["SCARD", k]) == "2")
+        .expect("the group's set")
+        .to_string();
+    let spoil = || {
+        redis.cli(&["DEL", &group_set]);
+        redis.cli(&["SET", &group_set, "not a set", "PX", "60000"]);
+    };
+    // During a fill: the lease is taken, then the set goes bad before the put.
+    let hits = origin.hits();
+    let a2 = a.clone();
+    let slow = tokio::spawn(async move { a2.get("/api/groups/VIP/SLOW").await });
+    assert!(eventually(Duration::from_secs(5), async || origin.hits() > hits).await);
+    spoil();
+    assert_eq!(slow.await.unwrap().status, 200);
+    // Before a fill.
+    assert_eq!(a.get("/api/groups/VIP/C").await.status, 200);
+    let b = Sidecache::start(&origin, &extra).await;
+    assert_eq!(tier(&b.get("/api/groups/VIP/SLOW").await), "upstream");
+    assert_eq!(tier(&b.get("/api/groups/VIP/C").await), "upstream");
+    assert_eq!(tier(&b.get("/api/groups/VIP/A").await), "l2");
+}
+
+/// A rolling upgrade from the layout that placed entries by their first tag: an old pod
+/// invalidating a URL removes only its own names from L2, then tells the pods. The new pods
+/// remove the entry under the new names too, so no pod serves it from L2 afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_invalidation_from_a_pod_of_the_earlier_layout_reaches_l2() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(counting_origin_reply).await;
+    let extra = format!("{}{ROUTE_GROUP}", l2_standalone(&redis.url()));
+    let a = Sidecache::start(&origin, &extra).await;
+    a.get("/api/groups/VIP/EURUSD").await;
+    let entry = redis.cli(&["--scan", "--pattern", "sidecache:*}:e"]);
+    let entry = entry.lines().next().expect("the entry").to_string();
+    let key = &entry[entry.find('{').unwrap() + 1..entry.find('}').unwrap()];
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let message = format!(
+        r#"{{"v":1,"kind":"invalidate","origin":"old-pod","ts":{ts},"keys":["{key}"],"source":"admin"}}"#
+    );
+    redis.cli(&["PUBLISH", "sidecache:invalidate", &message]);
+    let gone = eventually(Duration::from_secs(5), async || {
+        redis.cli(&["EXISTS", &entry]) == "0"
+    })
+    .await;
+    assert!(gone, "{entry} outlived the old pod's invalidation");
 }

@@ -237,6 +237,8 @@ async fn an_allowed_request_costs_one_redis_round_trip() {
     let redis = RedisServer::start();
     let origin = Origin::start(|_| Reply::json("{}")).await;
     let pod = Sidecache::start(&origin, &limits(&l2_standalone(&redis.url()), "enforce")).await;
+    // Ready: the warm start's reads of L2's hot keys are done and counted before the reset.
+    pod.wait_ready().await;
     pod.get("/api/users/0").await; // loads the script
     redis.cli(&["CONFIG", "RESETSTAT"]);
     for i in 1..=20 {
@@ -355,4 +357,84 @@ fn bad_limit_config_is_rejected_by_check() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Seed 004's limits: 100/min per user across the API (`* /api/{*rest}`: any method, any path
+/// under /api/), and 10/s on POST /api/orders; both apply to an order.
+const SEED_004_LIMITS: &str = r#"
+[[limit]]
+name = "api"
+match = "* /api/{*rest}"
+key = "header:x-user-id"
+rate = "100/min"
+burst = 5
+
+[[limit]]
+name = "orders"
+match = "POST /api/orders"
+key = "header:x-user-id"
+rate = "10/s"
+burst = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_wide_limit_covers_every_method_and_path_under_its_prefix() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    let cfg = format!("{}{SEED_004_LIMITS}", l2_standalone(&redis.url()));
+    let a = Sidecache::start(&origin, &cfg).await;
+    let b = Sidecache::start(&origin, &cfg).await;
+    let alice = [("x-user-id", "alice")];
+    // Five requests of any method, any depth, on either pod use alice's whole API burst...
+    let calls = [
+        (Method::GET, "/api/groups/VIP/EURUSD"),
+        (Method::PUT, "/api/superadmin/groups/VIP/EURUSD"),
+        (Method::DELETE, "/api/x"),
+        (Method::GET, "/api/"),
+        (Method::POST, "/api/orders"),
+    ];
+    for (i, (m, p)) in calls.iter().enumerate() {
+        let pod = if i % 2 == 0 { &a } else { &b };
+        let r = pod.request(m.clone(), p, &alice, "{}").await;
+        assert_eq!(r.status, 200, "{m} {p}");
+        assert!(r.header("ratelimit-policy").contains("\"api\""), "{r:?}");
+    }
+    // ...the order carried both policies.
+    // The sixth is denied by the API-wide rule, whatever the method.
+    let r = b.request(Method::PATCH, "/api/users/7", &alice, "{}").await;
+    assert_eq!(r.status, 429, "{r:?}");
+    // Outside the prefix, and for another user, nothing is limited.
+    assert_eq!(
+        a.request(Method::GET, "/health", &alice, "").await.status,
+        200
+    );
+    assert_eq!(
+        a.request(Method::GET, "/apix", &alice, "").await.status,
+        200
+    );
+    let bob = [("x-user-id", "bob")];
+    let r = a.request(Method::POST, "/api/orders", &bob, "{}").await;
+    assert_eq!(r.status, 200);
+    let policies = r.header("ratelimit-policy");
+    assert!(
+        policies.contains("\"api\"") && policies.contains("\"orders\""),
+        "{policies}"
+    );
+    // The orders rule bites on its own: bob's orders burst is 2.
+    assert_eq!(
+        a.request(Method::POST, "/api/orders", &bob, "{}")
+            .await
+            .status,
+        200
+    );
+    let r = a.request(Method::POST, "/api/orders", &bob, "{}").await;
+    assert_eq!(r.status, 429);
+    let m = a.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "sidecache_ratelimit_decisions_total",
+            &[("rule", "orders"), ("outcome", "denied")]
+        ) >= 1.0
+    );
 }

@@ -154,10 +154,10 @@ pub fn snapshot(gathered: Vec<MetricFamily>, ctx: &Context<'_>) -> Value {
         },
         "l2": {
             "configured": ctx.l2_configured,
-            "breaker": f.by("sidecache_redis_breaker_state", "state")
-                .into_iter()
-                .find(|(_, v)| *v == 1.0)
-                .map(|(s, _)| s),
+            "breaker": f.metrics("sidecache_redis_breaker_state")
+                .iter()
+                .find(|m| label_of(m, "redis") == Some("l2") && value(m) == 1.0)
+                .and_then(|m| label_of(m, "state")),
             "lookups": f.by("sidecache_l2_lookups_total", "result"),
         },
         "pubsub": pubsub(&f, ctx),

@@ -383,6 +383,13 @@ impl L1 {
         true
     }
 
+    /// Whether an invalidation touching `key` or `entry`'s tags happened since `ticket`: what a
+    /// fill that keeps nothing here (an `["l2"]` route) asks before it stores elsewhere.
+    pub fn superseded(&self, key: &CacheKey, entry: &Entry, ticket: FillTicket) -> bool {
+        let tags: Vec<TagId> = entry.tags().map(tag_id).collect();
+        self.book().stale(ticket, key, &tags)
+    }
+
     /// Removes every entry carrying one of `tags`, and the `keys`; records the invalidation so
     /// that fills which started before it do not store. Returns the entries removed.
     pub fn invalidate(&self, tags: &[String], keys: &[CacheKey]) -> Vec<Entry> {
@@ -445,6 +452,28 @@ impl L1 {
         let mut book = self.book();
         let map = &self.map;
         book.index.retain(|k| map.contains_key(k));
+    }
+
+    /// Up to `limit` live entries that `keep` accepts, in no particular order (a sample when
+    /// `keep` takes all): for `POST /admin/verify`, never on a request's path.
+    pub fn entries(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) -> Vec<(CacheKey, Entry)> {
+        let now_ms = clock::now_ms();
+        self.map
+            .iter()
+            .filter(|(_, s)| s.expires_ms > now_ms)
+            .map(|(k, s)| {
+                (
+                    CacheKey((u128::from(k.0[0]) << 64) | u128::from(k.0[1])),
+                    s.entry,
+                )
+            })
+            .filter(|(_, e)| keep(e))
+            .take(limit)
+            .collect()
     }
 
     /// (entries, bytes), for metrics and stats.

@@ -3,31 +3,62 @@
 //! Keys (never raw input: tags and cache keys are hashed):
 //!
 //! ```text
-//! {prefix}:ns                                     the namespace number (purge-all bumps it)
-//! {prefix}:<ns>:{t:<hash(primary tag)>}:e:<key>   the entry (codec format), with a PX TTL
-//! {prefix}:<ns>:{t:<hash(primary tag)>}:e:<key>:v:<secondary>   a Vary variant of it
-//! {prefix}:<ns>:{t:<hash(primary tag)>}:l:<key>   the fill lease: a token, SET NX PX lease
-//! {prefix}:<ns>:{t:<hash(tag)>}:keys              the entries of one tag (a set), with a TTL
-//! {prefix}:<ns>:{<key>}:e  {prefix}:<ns>:{<key>}:l   entry and lease of a route without tags
-//! {prefix}:<ns>:{<key>}:e:v:<secondary>           a variant of it
+//! {prefix}:ns                          the namespace number (purge-all bumps it)
+//! {prefix}:<ns>:{<key>}:e              the entry (codec format), with a PX TTL
+//! {prefix}:<ns>:{<key>}:e:v:<second>   a Vary variant of it (see below)
+//! {prefix}:<ns>:{<key>}:l              the fill lease: a token, SET NX PX lease
+//! {prefix}:<ns>:{t:<hash(tag)>}:keys   the entry names of one tag (a set), with a TTL
 //! ```
 //!
 //! A key whose responses carry `Vary` holds a marker (`policy::vary`) and its variants sit
-//! beside it, in its slot and under its lease: one put writes the marker and the variant.
+//! beside it, in its slot and under its lease: one put writes the marker and the variant, and
+//! registers both in the tag sets.
 //!
-//! Purging everything bumps the namespace: every pod switches to fresh names at once (the
-//! number travels with the purge message, and is re-read after any pub/sub gap), a fill from
-//! before the purge can only write into the dead namespace, and the old keys expire by TTL.
-//! No SCAN, so it works the same on Cluster.
+//! # Placement on Redis Cluster
 //!
-//! An entry and its lease share the hash tag of the route's first tag, so the put script is
-//! single-slot on Redis Cluster, and one tag's entries share its slot. Routes without tags
-//! use the key as hash tag and spread over the cluster.
+//! An entry and its lease share the hash tag of the entry's own cache key, so the put script
+//! is single-slot and the entries spread over every master however their tags are shared (a
+//! layout that placed entries by their first tag put a whole groups cache in one slot). A
+//! tag's set lives in the tag's own slot. Nothing ever needs two slots in one command: what
+//! must hold across slots is held by the order of the steps below instead.
 //!
-//! A fill is guarded by its lease: the lease is taken (and the key added to every tag set)
-//! *before* the upstream is asked, and the put stores the entry only while the lease still
-//! holds the same token. Invalidation deletes leases along with entries, so a fill that
-//! started before an invalidation cannot write its old result back afterwards.
+//! # Protocol
+//!
+//! - **acquire** (before the upstream is asked): `SET lease token NX PX lease` and, for every
+//!   tag, `SADD set entry` + `PEXPIRE set lease NX`; one batch (one pipeline per slot, sent
+//!   concurrently). Only when every part answered does the fill count as holding the lease.
+//! - **put**, two ordered steps: (1) for every tag `SADD set entry`, `PEXPIRE set ttl NX` and
+//!   `PEXPIRE set ttl GT`; (2) only when (1) answered, the put script: store the entry with
+//!   `PX ttl` if the lease still holds our token, and drop the lease. Standalone and Sentinel
+//!   send both steps in one pipeline (one connection executes them in order); Cluster sends
+//!   step 2 after step 1 came back.
+//! - **invalidate by tag**: `SMEMBERS` of each set, then `UNLINK` each member entry and its
+//!   lease, and `SREM` exactly the members read.
+//! - **invalidate by key**: `UNLINK` entry and lease (a stale set member is harmless).
+//! - **purge all**: `INCR ns`; the number travels with the purge message and is re-read
+//!   after any pub/sub gap. No SCAN, so it works the same on Cluster.
+//!
+//! # Why the invariants hold
+//!
+//! 1. *No stale write-back.* A fill that read the old value asked the upstream before the
+//!    write committed, so its acquire (membership in every tag set, lease) completed before the
+//!    invalidation's `SMEMBERS`: the invalidation sees the entry's name and unlinks its lease.
+//!    The put script then finds no lease (or another fill's token) and stores nothing; if it
+//!    ran first, the `UNLINK` that follows removes what it stored. Each of these steps is one
+//!    command on one slot, so no cross-slot atomicity is needed, only this order.
+//! 2. *Every stored entry is reachable from each of its tags for its whole life.* Step (1)
+//!    re-adds the membership and lifts each set's TTL to at least the entry's before step (2)
+//!    can store it (sets never shrink their TTL: `GT`); a failed step (1) stores nothing. So a
+//!    set that expired or lost the member since acquire cannot leave an entry no purge finds.
+//!    A member re-added after an invalidation removed it points at nothing (the lease is gone,
+//!    so step 2 stores nothing): the next invalidation unlinks a missing key.
+//! 3. *Purge by tag on Cluster* reads each set in its slot and unlinks entries in theirs;
+//!    entries that gain the tag after the `SMEMBERS` were filled after the write and are new.
+//! 4. *Namespace bump* is one key, untouched by placement: a fill from before the purge
+//!    writes only into the dead namespace's names.
+//!
+//! Cost: an L2 hit is one `GET`; a fill is the lookup `GET`, the acquire batch and the put
+//! (one more round trip on Cluster when the route has tags, for the order of step 1 and 2).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +69,7 @@ use bytes::Bytes;
 
 use super::{codec, CacheKey, Entry};
 use crate::config::L2Config;
-use crate::redis::Redis;
+use crate::redis::{Redis, RedisError};
 
 /// Stores the entries only if the caller still holds the lease.
 /// KEYS[1] lease, KEYS[2..] entries; ARGV[1] token, then each entry's payload and TTL in ms.
@@ -66,6 +97,9 @@ pub struct L2Key {
     pub lease: String,
     /// Tag sets the key belongs to.
     pub tag_sets: Vec<String>,
+    /// The name this entry had before issue 19 (placed by its first tag), while pods of both
+    /// layouts may share L2 during a rolling upgrade: invalidation by key removes both.
+    pub legacy_entry: Option<String>,
 }
 
 /// What an L2 read found.
@@ -163,25 +197,28 @@ impl L2 {
         Some(*ns as u64)
     }
 
+    /// The key prefix (`[l2] prefix`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn redis(&self) -> &Redis {
         &self.redis
     }
 
-    /// The Redis names of `key`, whose entry carries `tags` (the first one picks the slot);
-    /// `None` while the namespace cannot be read.
+    /// The Redis names of `key`, whose entry carries `tags`; `None` while the namespace
+    /// cannot be read. The key itself is the hash tag: entry and lease share a slot, and
+    /// entries spread over the cluster whatever their tags.
     pub async fn key(&self, key: CacheKey, tags: &[String]) -> Option<L2Key> {
         let ns = self.namespace().await?;
-        let p = &self.prefix;
-        let entry = match tags.first() {
-            Some(t) => format!("{p}:{ns}:{{t:{}}}:e:{key}", tag_hash(t)),
-            // No tag: the key itself is the hash tag, so entry and lease still share a slot
-            // while untagged entries spread over the cluster.
-            None => format!("{p}:{ns}:{{{key}}}:e"),
-        };
+        let entry = format!("{}:{ns}:{{{key}}}:e", self.prefix);
         Some(L2Key {
             lease: lease_of(&entry),
             entry,
             tag_sets: tags.iter().map(|t| self.tag_set(ns, t)).collect(),
+            legacy_entry: tags
+                .first()
+                .map(|t| format!("{}:{ns}:{{t:{}}}:e:{key}", self.prefix, tag_hash(t))),
         })
     }
 
@@ -227,6 +264,11 @@ impl L2 {
             .flatten()
             .map(|m| (m.clone(), lease_of(m)))
             .chain(keys.iter().map(|k| (k.entry.clone(), k.lease.clone())))
+            .chain(
+                keys.iter()
+                    .filter_map(|k| k.legacy_entry.as_ref())
+                    .map(|e| (e.clone(), lease_of(e))),
+            )
             .collect();
         for (entry, lease) in &entries {
             cmds.push((entry.clone(), cmd(&["UNLINK", entry])));
@@ -252,6 +294,69 @@ impl L2 {
             .filter(|pair| matches!(pair.first(), Some(Value::Int(1))))
             .count();
         Some(deleted)
+    }
+
+    /// Up to `limit` readable entries carrying `tag` (its set's members, read): for
+    /// `POST /admin/verify`. `None` when Redis did not answer.
+    pub async fn entries_of_tag(&self, tag: &str, limit: usize) -> Option<Vec<(CacheKey, Entry)>> {
+        let ns = self.namespace().await?;
+        let set = self.tag_set(ns, tag);
+        let replies = self
+            .redis
+            .exec(
+                "verify_members",
+                vec![(set.clone(), cmd(&["SMEMBERS", &set]))],
+            )
+            .await
+            .ok()?;
+        let names: Vec<String> = match replies.into_iter().next() {
+            Some(Value::Array(items) | Value::Set(items)) => items
+                .into_iter()
+                .filter_map(|m| match m {
+                    Value::BulkString(b) => String::from_utf8(b).ok(),
+                    _ => None,
+                })
+                .take(limit)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let cmds = names
+            .iter()
+            .map(|n| (n.clone(), cmd(&["GET", n])))
+            .collect();
+        let values = self.redis.exec("verify_get", cmds).await.ok()?;
+        Some(
+            names
+                .iter()
+                .zip(values)
+                .filter_map(|(name, v)| {
+                    let key = key_of_name(name)?;
+                    match v {
+                        Value::BulkString(b) => Some((key, codec::decode(Bytes::from(b)).ok()?)),
+                        _ => None,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Removes the entries and leases of `keys` under this layout's names: what a pod does
+    /// with another pod's invalidation by key, which that pod may have applied to L2 under the
+    /// earlier layout's names only (a rolling upgrade from before issue 19). Transitional.
+    pub async fn unlink_keys(&self, keys: &[CacheKey]) {
+        let mut cmds = Vec::with_capacity(2 * keys.len());
+        for k in keys {
+            if let Some(l2key) = self.key(*k, &[]).await {
+                cmds.push((l2key.entry.clone(), cmd(&["UNLINK", &l2key.entry])));
+                cmds.push((l2key.lease.clone(), cmd(&["UNLINK", &l2key.lease])));
+            }
+        }
+        if !cmds.is_empty() {
+            let _ = self.redis.exec("invalidate_peer_keys", cmds).await;
+        }
     }
 
     /// One round trip: `GET entry`.
@@ -314,8 +419,9 @@ impl L2 {
         }
     }
 
-    /// Stores `entry` if the lease `token` still holds, and extends the tag sets' TTLs; one
-    /// pipelined write. Returns whether the entry was stored.
+    /// Stores `entry` if the lease `token` still holds: first every tag set holds the entry's
+    /// name for at least its TTL, then the put script (see the module doc). Returns whether the
+    /// entry was stored.
     pub async fn put(&self, k: &L2Key, token: &str, entry: &Entry, now_ms: u64) -> bool {
         self.put_all(k, token, &[(&k.entry, entry)], now_ms).await
     }
@@ -340,44 +446,78 @@ impl L2 {
             self.release(k, token).await;
             return false;
         }
-        let mut cmds = Vec::with_capacity(1 + 3 * k.tag_sets.len());
+        // Step (1): every tag set holds every name (the entry, and its variants, which only
+        // this put registers) for at least the longest TTL; NX sets a TTL on a set that lost
+        // it, GT only ever extends it.
+        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+        let mut tag_cmds = Vec::with_capacity(3 * k.tag_sets.len() + 1);
+        for ts in &k.tag_sets {
+            let mut sadd = Cmd::new();
+            sadd.arg("SADD").arg(ts).arg(&names);
+            tag_cmds.push((ts.clone(), sadd));
+            for flag in ["NX", "GT"] {
+                let mut exp = Cmd::new();
+                exp.arg("PEXPIRE").arg(ts).arg(max_ttl).arg(flag);
+                tag_cmds.push((ts.clone(), exp));
+            }
+        }
+        // Step (2): the lease-checked store of every entry, one script in `k`'s slot.
         let mut put = Cmd::new();
         put.arg("EVAL")
             .arg(PUT_SCRIPT)
             .arg(1 + entries.len())
             .arg(&k.lease);
-        for (name, _) in entries {
-            put.arg(name.as_str());
+        for name in &names {
+            put.arg(*name);
         }
         put.arg(token);
         for ((_, e), ttl) in entries.iter().zip(&ttls) {
             put.arg(codec::encode(e).as_ref()).arg(*ttl);
         }
-        cmds.push((k.entry.clone(), put));
-        for ts in &k.tag_sets {
-            // `acquire` registered `k.entry`; variants are registered here, so that a tag's
-            // invalidation deletes them too.
-            let others: Vec<&str> = entries
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .filter(|n| *n != k.entry)
-                .collect();
-            if !others.is_empty() {
-                let mut sadd = Cmd::new();
-                sadd.arg("SADD").arg(ts).arg(others);
-                cmds.push((ts.clone(), sadd));
+        let put = (k.entry.clone(), put);
+        let ok = |v: &[Value]| v.iter().all(|r| !matches!(r, Value::ServerError(_)));
+        if tag_cmds.is_empty() || !self.redis.is_cluster() {
+            // One connection runs a pipeline in order: the tag sets come first.
+            let n = tag_cmds.len();
+            tag_cmds.push(put);
+            let v = match self.redis.exec("put", tag_cmds).await {
+                Ok(v) => v,
+                // An error reply fails the whole pipeline, after Redis ran all of it: the put
+                // script may have stored while a tag set refused. Not kept (see below).
+                Err(RedisError::Failed(_)) if n > 0 => {
+                    self.unlink_all(&names).await;
+                    return false;
+                }
+                Err(_) => return false,
+            };
+            let stored = matches!(v.get(n), Some(Value::Int(1)));
+            if stored && !ok(&v[..n]) {
+                // A tag set refused (a key of another type under our name): the entries may
+                // not be reachable from that tag, so they must not stay.
+                self.unlink_all(&names).await;
+                return false;
             }
-            // NX sets a TTL on a set that lost it; GT only ever extends it.
-            for flag in ["NX", "GT"] {
-                let mut exp = Cmd::new();
-                exp.arg("PEXPIRE").arg(ts).arg(max_ttl).arg(flag);
-                cmds.push((ts.clone(), exp));
+            stored
+        } else {
+            match self.redis.exec("put_tags", tag_cmds).await {
+                Ok(v) if ok(&v) => matches!(
+                    self.redis.exec("put", vec![put]).await.as_deref(),
+                    Ok([Value::Int(1)])
+                ),
+                _ => {
+                    self.release(k, token).await;
+                    false
+                }
             }
         }
-        match self.redis.exec("put", cmds).await {
-            Ok(v) => matches!(v.first(), Some(Value::Int(1))),
-            Err(_) => false,
-        }
+    }
+
+    async fn unlink_all(&self, names: &[&str]) {
+        let cmds = names
+            .iter()
+            .map(|n| (n.to_string(), cmd(&["UNLINK", n])))
+            .collect();
+        let _ = self.redis.exec("unlink", cmds).await;
     }
 
     /// One round trip: `GET` of a variant's name.
@@ -428,6 +568,15 @@ fn cmd(args: &[&str]) -> Cmd {
     c
 }
 
+/// The cache key in an entry name: `...:{<key>}:e`, or the earlier `...}:e:<key>`.
+fn key_of_name(name: &str) -> Option<CacheKey> {
+    let hex = match name.rsplit_once("}:e:") {
+        Some((_, hex)) => hex,
+        None => crate::redis::hash_tag(name.strip_suffix(":e")?),
+    };
+    u128::from_str_radix(hex, 16).ok().map(CacheKey)
+}
+
 /// The lease name of an entry name: the `e` segment after the hash tag becomes `l`.
 fn lease_of(entry: &str) -> String {
     match entry.rfind("}:e") {
@@ -446,7 +595,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_and_lease_share_the_primary_tag_slot() {
+    fn entry_and_lease_share_the_keys_own_slot_and_tags_theirs() {
         let config = crate::config::Config::parse(
             "[upstream]\nurl = \"http://127.0.0.1:1\"\n[l2]\nurl = \"redis://127.0.0.1:1\"",
         )
@@ -459,32 +608,44 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-            let l2 = L2::new(Redis::start(&config, metrics), &config, "pod");
+            let l2 = L2::new(Redis::start(&config.redis("l2"), metrics), &config, "pod");
             l2.set_namespace(3);
-            let k = l2
-                .key(
-                    CacheKey(7),
-                    &["group:VIP".into(), "group:VIP:EURUSD".into()],
-                )
-                .await
-                .unwrap();
-            assert!(k.entry.starts_with("sidecache:3:{t:"), "{}", k.entry);
+            let tags = ["group:VIP".to_string(), "group:VIP:EURUSD".to_string()];
+            let k = l2.key(CacheKey(7), &tags).await.unwrap();
+            assert!(k.entry.starts_with("sidecache:3:{"), "{}", k.entry);
             let slot = crate::redis::hash_tag(&k.entry);
+            assert_eq!(slot, CacheKey(7).to_string(), "placed by its own key");
             assert_eq!(slot, crate::redis::hash_tag(&k.lease));
-            assert_eq!(slot, crate::redis::hash_tag(&k.tag_sets[0]));
-            assert_ne!(slot, crate::redis::hash_tag(&k.tag_sets[1]));
-            assert!(
-                !k.entry.contains("VIP"),
-                "raw tag values never reach Redis keys"
-            );
-            let bare = l2.key(CacheKey(7), &[]).await.unwrap();
-            assert_eq!(lease_of(&bare.entry), bare.lease);
-            assert!(bare.lease.ends_with("}:l"));
+            assert_eq!(lease_of(&k.entry), k.lease);
+            assert!(k.lease.ends_with("}:l"));
+            for ts in &k.tag_sets {
+                assert_ne!(slot, crate::redis::hash_tag(ts));
+                assert!(!ts.contains("VIP"), "raw tag values never reach Redis keys");
+            }
+            // Two entries sharing every tag still get their own slots.
+            let other = l2.key(CacheKey(8), &tags).await.unwrap();
+            assert_ne!(slot, crate::redis::hash_tag(&other.entry));
+            assert_eq!(other.tag_sets, k.tag_sets);
+            // The same key without tags has the same names (tags only add set memberships).
+            assert_eq!(l2.key(CacheKey(7), &[]).await.unwrap().entry, k.entry);
+            // Names from the earlier layout (placed by first tag) still map to their lease, and
+            // a key's earlier name is known, so an invalidation during a rolling upgrade
+            // removes both.
+            assert_eq!(lease_of("p:3:{t:ab}:e:7"), "p:3:{t:ab}:l:7");
+            let legacy = k.legacy_entry.as_deref().unwrap();
             assert_eq!(
-                crate::redis::hash_tag(&bare.entry),
-                crate::redis::hash_tag(&bare.lease)
+                crate::redis::hash_tag(legacy),
+                crate::redis::hash_tag(&k.tag_sets[0])
             );
-            assert_eq!(crate::redis::hash_tag(&bare.entry), CacheKey(7).to_string());
+            assert!(legacy.ends_with(&format!("}}:e:{}", CacheKey(7))));
+            assert!(l2
+                .key(CacheKey(7), &[])
+                .await
+                .unwrap()
+                .legacy_entry
+                .is_none());
+            assert_eq!(key_of_name(&k.entry), Some(CacheKey(7)));
+            assert_eq!(key_of_name(legacy), Some(CacheKey(7)));
         });
     }
 }

@@ -7,6 +7,7 @@
 pub mod coalesce;
 pub mod codec;
 pub mod entry;
+pub mod hot;
 pub mod key;
 pub mod l1;
 pub mod l2;

@@ -115,6 +115,9 @@ pub struct RouteFile {
     /// (RFC 9111 §4.2.1): `s-maxage`, `max-age`, `Expires` - `Date`, then the heuristic below.
     /// Default: unset.
     pub ttl: Option<String>,
+    /// Where entries are kept: `["l1"]` (this pod only: no Redis write per fill), `["l1",
+    /// "l2"]` (default), or `["l2"]` (Redis only: one copy for every pod, no pod memory).
+    pub tiers: Option<Vec<String>>,
     /// `"shared"` (default): one entry for every caller. `"identity"`: the caller identity is
     /// part of the key, so one caller's response is never served to another. Left unset, a
     /// request with `Authorization` is stored only when the response says `public`,
@@ -190,6 +193,32 @@ pub struct L2File {
     pub breaker_open: Option<String>,
 }
 
+/// `[limits.redis]`, `[pubsub.redis]`: a Redis of its own for rate limits or pub/sub (the
+/// same forms as `[l2]`). Exactly one of `url`, `cluster` or `[<section>.redis.sentinel]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// A standalone Redis, `redis://host:port/db`, or Sentinel as
+    /// `redis+sentinel://host:port,host:port/master_name[/db]`.
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes.
+    pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel: the master name and the sentinel nodes.
+    pub sentinel: Option<SentinelFile>,
+    /// Time every Redis call gets. Default `"50ms"`.
+    pub timeout: Option<String>,
+    /// Time to establish a connection. Default `"500ms"`.
+    pub connect_timeout: Option<String>,
+    /// Environment variable holding the username. Default `"SIDECACHE_REDIS_USERNAME"`.
+    pub username_env: Option<String>,
+    /// Environment variable holding the password. Default `"SIDECACHE_REDIS_PASSWORD"`.
+    pub password_env: Option<String>,
+    /// Consecutive failures that open this target's circuit breaker; at least `1`. Default `5`.
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe call is let through. Default `"1s"`.
+    pub breaker_open: Option<String>,
+}
+
 /// `[l2.sentinel]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +243,18 @@ pub struct WarmupFile {
     pub gate_readiness: Option<bool>,
     /// Longest time warmup may hold readiness. Default `"30s"`.
     pub timeout: Option<String>,
+    /// Fetch `paths` again this often (seed 003's scheduled warming): entries that expired
+    /// are filled again before a request misses them. Default `"0s"`: only at start.
+    pub every: Option<String>,
+    /// With `[l2]`: how many of its hottest keys (a sampled top-k) each pod records in L2, and
+    /// how many a starting pod loads from L2 into L1 before `/readyz` turns ready. `0` turns
+    /// both off. Default `100`.
+    pub hot_keys: Option<usize>,
+    /// How often a pod adds its hot keys to L2. Default `"30s"`.
+    pub hot_keys_every: Option<String>,
+    /// Longest time loading hot keys may hold readiness (Redis down: ready after this).
+    /// Default `"2s"`.
+    pub hot_keys_timeout: Option<String>,
 }
 
 /// `[pubsub]`: how pods tell each other about invalidations (needs `[l2]`).
@@ -229,6 +270,9 @@ pub struct PubsubFile {
     /// While not subscribed (Redis down, reconnecting), L1 keeps entries at most this long:
     /// the staleness bound while invalidations cannot arrive. Default `"5s"`.
     pub degraded_max_age: Option<String>,
+    /// A Redis of its own for the channel and the events (seed 004 keeps pub/sub apart from
+    /// the cache). Default: `[l2]`'s target.
+    pub redis: Option<RedisFile>,
 }
 
 /// `[[invalidate]]`: a write that invalidates tags when it passes through and succeeds.
@@ -282,6 +326,9 @@ pub struct LimitsFile {
     /// How many sidecache replicas share each limit. When Redis is unavailable each pod
     /// enforces `rate / replicas` on its own. Default `1`. Env override: `SIDECACHE_REPLICAS`.
     pub replicas: Option<u32>,
+    /// A Redis of its own for the limits' state, so that a cache Redis evicting under
+    /// `maxmemory-policy allkeys-lru` cannot evict it. Default: `[l2]`'s target.
+    pub redis: Option<RedisFile>,
 }
 
 /// `[[limit]]`: a rate limit shared by every pod through Redis.

@@ -85,6 +85,8 @@ pub struct LimitConfig {
 pub struct LimitsConfig {
     pub replicas: u32,
     pub rules: Vec<LimitConfig>,
+    /// `[limits.redis]`; `None`: the limits share `[l2]`'s client.
+    pub redis: Option<RedisConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +94,8 @@ pub struct PubsubConfig {
     pub channel: String,
     pub heartbeat: Duration,
     pub degraded_max_age: Duration,
+    /// `[pubsub.redis]`; `None`: pub/sub goes through `[l2]`'s target.
+    pub redis: Option<RedisConfig>,
 }
 
 /// `Debug` in `redact.rs`: it never shows the token.
@@ -149,6 +153,38 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
+/// One Redis deployment and how to talk to it: `[l2]`'s connection part, `[limits.redis]`,
+/// `[pubsub.redis]`. `Debug` in `redact.rs`: it never shows the password.
+#[derive(Clone, PartialEq)]
+pub struct RedisConfig {
+    /// Which section it comes from (`l2`, `limits`, `pubsub`): the `redis` label of the Redis
+    /// metrics and the name in logs.
+    pub role: &'static str,
+    pub target: RedisTarget,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+}
+
+impl L2Config {
+    /// The connection part, labelled `role`.
+    pub fn redis(&self, role: &'static str) -> RedisConfig {
+        RedisConfig {
+            role,
+            target: self.target.clone(),
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            breaker_failures: self.breaker_failures,
+            breaker_open: self.breaker_open,
+        }
+    }
+}
+
 /// `Debug` in `redact.rs`: it never shows the password.
 #[derive(Clone, PartialEq)]
 pub struct L2Config {
@@ -170,6 +206,14 @@ pub struct WarmupConfig {
     pub concurrency: usize,
     pub gate_readiness: bool,
     pub timeout: Duration,
+    /// Re-run `paths` this often (zero: only at start).
+    pub every: Duration,
+    /// Hot keys recorded in L2 and loaded at start (zero: off).
+    pub hot_keys: usize,
+    /// How often this pod adds its hot keys to L2.
+    pub hot_keys_every: Duration,
+    /// Longest time loading hot keys may hold readiness.
+    pub hot_keys_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +312,24 @@ pub struct RouteConfig {
     pub heuristic_max: Duration,
     /// Variants (responses with `Vary`) kept per primary key at most.
     pub max_variants: u16,
+    /// Which tiers hold this route's entries.
+    pub tiers: Tiers,
+}
+
+/// `tiers = ["l1"]`, `["l1", "l2"]` (default) or `["l2"]`. Whatever the tiers, a route's
+/// entries take part in invalidation (L1's tag index, L2's tag sets) and in coalescing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiers {
+    /// Kept in this pod's memory (per-pod, e.g. prices: hot and short-lived).
+    pub l1: bool,
+    /// Kept in Redis, shared by the pods (when `[l2]` exists).
+    pub l2: bool,
+}
+
+impl Default for Tiers {
+    fn default() -> Tiers {
+        Tiers { l1: true, l2: true }
+    }
 }
 
 /// Every problem found in a config, each as `key: message`.

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::{AdminConfig, L2Config, RedisTarget};
+use super::{AdminConfig, L2Config, RedisConfig, RedisTarget};
 
 /// `url` with the password of its userinfo replaced by `***`: `redis://user:***@host:6379`,
 /// `redis://:***@host`. A userinfo without `:` may be a bare password (some clients read it so),
@@ -107,6 +107,21 @@ impl fmt::Debug for L2Config {
             .field("password", &secret(&self.password))
             .field("lease", &self.lease)
             .field("lease_wait", &self.lease_wait)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_open", &self.breaker_open)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("role", &self.role)
+            .field("target", &self.target)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("username", &self.username)
+            .field("password", &secret(&self.password))
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_open", &self.breaker_open)
             .finish()

@@ -39,14 +39,28 @@ pub struct MatchTemplate {
     pub params: Vec<String>,
     /// The text as written, for logs and `explain`.
     pub text: String,
+    /// `* /path`: any method (only a `[[limit]]` may say so; `method` then holds `*`).
+    pub any_method: bool,
 }
 
 impl MatchTemplate {
     pub fn parse(text: &str) -> Result<Self, String> {
+        let t = Self::parse_limit(text)?;
+        if t.any_method {
+            return Err(format!(
+                "`{text}`: `*` (any method) is for [[limit]] matches only; name the method"
+            ));
+        }
+        Ok(t)
+    }
+
+    /// As [`parse`](Self::parse), and `*` as the method means any method (`[[limit]]`).
+    pub fn parse_limit(text: &str) -> Result<Self, String> {
         let (method, path) = text
             .trim()
             .split_once(' ')
             .ok_or_else(|| format!("`{text}`: write `METHOD /path/{{param}}`"))?;
+        let any_method = method == "*";
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| format!("`{text}`: `{method}` is not an HTTP method"))?;
         let path = path.trim();
@@ -100,7 +114,13 @@ impl MatchTemplate {
             segments,
             params,
             text: text.trim().to_string(),
+            any_method,
         })
+    }
+
+    /// Whether a request with `method` is this template's (before the path is looked at).
+    pub fn allows(&self, method: &Method) -> bool {
+        self.any_method || self.method == method
     }
 
     /// Whether the path ends in a catch-all `{*name}`.
@@ -218,6 +238,17 @@ fn is_field_path(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn any_method_is_for_limits_only() {
+        let t = MatchTemplate::parse_limit("* /api/{*rest}").unwrap();
+        assert!(t.any_method && t.is_catch_all());
+        assert!(t.allows(&Method::DELETE) && t.allows(&Method::GET));
+        let e = MatchTemplate::parse("* /api/{*rest}").unwrap_err();
+        assert!(e.contains("[[limit]]"), "{e}");
+        let post = MatchTemplate::parse_limit("POST /api/orders").unwrap();
+        assert!(post.allows(&Method::POST) && !post.allows(&Method::GET));
+    }
+
     use super::*;
 
     #[test]

@@ -334,3 +334,47 @@ fn routes_without_an_explicit_scope_are_a_warning() {
     }
     assert!(!text.contains("404"), "{text}");
 }
+
+#[test]
+fn limits_and_pubsub_take_redis_targets_of_their_own() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[l2]\nurl = \"redis://cache:6379/0\"\n[[limit]]\nmatch = \"POST /api/orders\"\nkey = \"ip\"\nrate = \"10/s\"\n";
+    let shared = Config::parse(base).unwrap();
+    assert!(shared.limits.redis.is_none() && shared.pubsub.redis.is_none());
+    assert!(
+        shared.warnings.iter().any(|w| w.contains("[limits.redis]")),
+        "{:?}",
+        shared.warnings
+    );
+    let own = Config::parse(&format!(
+        "{base}[limits.redis]\nurl = \"redis://cache:6379/2\"\n[pubsub.redis]\ncluster = [\"redis://a:7000\"]\ntimeout = \"100ms\"\n"
+    ))
+    .unwrap();
+    let limits = own.limits.redis.as_ref().unwrap();
+    assert_eq!(limits.role, "limits");
+    assert_eq!(limits.timeout, std::time::Duration::from_millis(50));
+    let pubsub = own.pubsub.redis.as_ref().unwrap();
+    assert_eq!(pubsub.role, "pubsub");
+    assert_eq!(pubsub.timeout, std::time::Duration::from_millis(100));
+    assert!(
+        !own.warnings.iter().any(|w| w.contains("[limits.redis]")),
+        "a database of its own is a target of its own: {:?}",
+        own.warnings
+    );
+    // The same mistakes as in [l2] are named under the section's own key, all at once.
+    let errs = Config::parse(&format!(
+        "{base}[limits.redis]\nurl = \"redis://a\"\ncluster = [\"redis://b\"]\nbreaker_failures = 0\n[pubsub.redis]\ntimeout = \"soon\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "limits.redis: give exactly one of",
+        "limits.redis.breaker_failures",
+        "pubsub.redis: give exactly one of",
+        "pubsub.redis.timeout",
+    ] {
+        assert!(errs.contains(needle), "{needle} missing in {errs}");
+    }
+    // Events may arrive on a pub/sub Redis without any [l2].
+    let l1_only = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[pubsub.redis]\nurl = \"redis://bus:6379/1\"\n[[event]]\nchannel = \"price_updates\"\ntags = [\"price:{symbol}\"]\n";
+    assert!(Config::parse(l1_only).is_ok());
+}

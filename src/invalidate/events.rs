@@ -46,8 +46,23 @@ impl std::fmt::Display for Rejection {
 /// The tags `payload` invalidates under `rule`: `Ok(None)` when a `when` condition does not
 /// hold (the event is ignored, not rejected).
 pub fn tags_for(rule: &EventConfig, payload: &[u8]) -> Result<Option<Vec<String>>, Rejection> {
-    let json: Value =
+    tags_for_on(rule, None, payload)
+}
+
+/// As [`tags_for`], for a message that arrived on `channel`: templates may name it as the
+/// field `_channel` (seed 004's `executions:{account_id}` carries the account only in the
+/// channel name, so a route tagged `"executions:{account_id}"` is invalidated by the event tag
+/// `"{_channel}"`).
+pub fn tags_for_on(
+    rule: &EventConfig,
+    channel: Option<&str>,
+    payload: &[u8],
+) -> Result<Option<Vec<String>>, Rejection> {
+    let mut json: Value =
         serde_json::from_slice(payload).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    if let (Some(c), Value::Object(map)) = (channel, &mut json) {
+        map.insert(CHANNEL_FIELD.to_string(), Value::String(c.to_string()));
+    }
     if !rule
         .when
         .iter()
@@ -62,6 +77,10 @@ pub fn tags_for(rule: &EventConfig, payload: &[u8]) -> Result<Option<Vec<String>
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(tags))
 }
+
+/// The pseudo-field naming the channel a message arrived on (it replaces a payload field of
+/// the same name).
+pub const CHANNEL_FIELD: &str = "_channel";
 
 /// Fills `t` from the payload: strings as they are, numbers and booleans as written.
 fn render(t: &crate::config::Template, json: &Value) -> Result<String, Rejection> {
@@ -148,6 +167,21 @@ mod tests {
             Err(Rejection::MissingField("user_id".into()))
         );
         assert!(tags_for(&r[0], br#"{"user_type":"live","user_id":{"x":1}}"#).is_err());
+        // The channel a message came on is the field `_channel`.
+        let on = Config::parse(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[l2]\nurl = \"redis://127.0.0.1:1\"\n[[event]]\npattern = \"executions:*\"\ntags = [\"{_channel}\"]\n",
+        )
+        .unwrap()
+        .events;
+        assert_eq!(
+            tags_for_on(
+                &on[0],
+                Some("executions:42"),
+                br#"{"_channel":"x","order_id":1}"#
+            )
+            .unwrap(),
+            Some(vec!["executions:42".to_string()])
+        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Target {
 pub struct Invalidator {
     l1: L1,
     l2: Option<L2>,
+    /// Where the pods' channel is published: `[pubsub.redis]`, else `[l2]`'s client.
+    pubsub: Option<crate::redis::Redis>,
     /// The current configuration's routes (swapped on reload).
     router: ArcSwap<Router>,
     pod: String,
@@ -96,6 +98,7 @@ impl Invalidator {
     pub fn new(
         l1: L1,
         l2: Option<L2>,
+        pubsub: Option<crate::redis::Redis>,
         pod: &str,
         channel: &str,
         metrics: Arc<Metrics>,
@@ -103,6 +106,7 @@ impl Invalidator {
         Invalidator {
             l1,
             l2,
+            pubsub,
             router: ArcSwap::from_pointee(Router::default()),
             pod: pod.to_string(),
             channel: channel.to_string(),
@@ -117,6 +121,12 @@ impl Invalidator {
 
     pub fn set_proxy_addr(&self, addr: SocketAddr) {
         let _ = self.proxy_addr.set(addr);
+    }
+
+    /// The proxy listener (refreshes and admin repairs fetch through it); `None` before it
+    /// is bound.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy_addr.get().copied()
     }
 
     pub fn pod(&self) -> &str {
@@ -143,7 +153,7 @@ impl Invalidator {
     pub async fn invalidate(&self, target: Target, source: Source, refresh: bool) {
         let ns = self.invalidate_l2(&target).await;
         let removed = self.apply_l1(&target, source);
-        if self.l2.is_some() {
+        if self.pubsub.is_some() {
             let mut m = Message::heartbeat(&self.pod, clock::now_us());
             m.kind = Kind::Invalidate;
             m.tags = target.tags.clone();
@@ -189,6 +199,15 @@ impl Invalidator {
             all: m.all,
         };
         let removed = self.apply_l1(&target, Source::Peer);
+        if let (Some(l2), false) = (&self.l2, target.keys.is_empty()) {
+            // The sender removed these keys from L2 under its own layout's names; a sender from
+            // before issue 19 used others. Redundant (and harmless) once every pod is upgraded.
+            let (l2, keys) = (
+                l2.clone(),
+                target.keys.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            );
+            tokio::spawn(async move { l2.unlink_keys(&keys).await });
+        }
         if m.refresh {
             self.refresh(removed);
         }
@@ -201,11 +220,10 @@ impl Invalidator {
     }
 
     pub async fn publish(&self, m: &Message) {
-        let Some(l2) = &self.l2 else { return };
+        let Some(redis) = &self.pubsub else { return };
         let mut cmd = ::redis::Cmd::new();
         cmd.arg("PUBLISH").arg(&self.channel).arg(m.encode());
-        let _ = l2
-            .redis()
+        let _ = redis
             .exec("publish", vec![(self.channel.clone(), cmd)])
             .await;
     }

@@ -15,11 +15,11 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
-use super::events::{listens, tags_for};
+use super::events::{listens, tags_for_on};
 use super::message::{Kind, Message};
 use super::Invalidator;
 use crate::cache::clock;
-use crate::config::{Action, EventConfig, L2Config, PubsubConfig, Subscription};
+use crate::config::{Action, EventConfig, PubsubConfig, RedisConfig, Subscription};
 use crate::metrics::Metrics;
 use crate::telemetry::Throttles;
 
@@ -36,7 +36,8 @@ pub struct Subscriber {
     pub events: Arc<ArcSwap<Vec<EventConfig>>>,
     pub resubscribe: Arc<Notify>,
     pub pubsub: PubsubConfig,
-    pub l2: L2Config,
+    /// `[pubsub.redis]`, else `[l2]`'s target.
+    pub redis: RedisConfig,
     pub metrics: Arc<Metrics>,
 }
 
@@ -48,7 +49,7 @@ impl Subscriber {
         let mut quiet = Throttles::new(REJECTION_LOG_EVERY);
         loop {
             self.metrics.set_pubsub_connected(false);
-            let conn = crate::redis::pubsub_connection(&self.l2).await;
+            let conn = crate::redis::pubsub_connection(&self.redis).await;
             let mut pubsub = match conn {
                 Ok(p) => p,
                 Err(error) => {
@@ -134,7 +135,7 @@ impl Subscriber {
             .iter()
             .filter(|r| listens(r, channel, pattern.as_deref()))
         {
-            match tags_for(rule, payload) {
+            match tags_for_on(rule, Some(channel), payload) {
                 Ok(Some(tags)) => {
                     self.metrics.pubsub_message("event", "applied");
                     let inv = self.invalidator.clone();

@@ -164,7 +164,7 @@ impl Limiter {
         for (index, rule) in self.rules.iter().enumerate() {
             let trimmed = path.strip_prefix('/').unwrap_or(path);
             let params = match &rule.config.scope {
-                LimitScope::Match(t) if t.method == method => {
+                LimitScope::Match(t) if t.allows(method) => {
                     match_segments(&t.segments, trimmed).map(|p| (t.params.as_slice(), p))
                 }
                 LimitScope::Match(_) => None,

@@ -98,6 +98,7 @@ pub struct Proxy {
     coalescer: Arc<Coalescer>,
     /// The shared tier; `None` without an `[l2]` section.
     l2: Option<L2>,
+    hot: Arc<crate::cache::hot::HotKeys>,
     upstream: Upstream,
     routes: RouteTable,
     metrics: Arc<Metrics>,
@@ -153,6 +154,10 @@ enum Step {
 pub struct Shared {
     pub l1: L1,
     pub l2: Option<L2>,
+    /// The rate limits' Redis: `[limits.redis]`, else `[l2]`'s client.
+    pub limits_redis: Option<crate::redis::Redis>,
+    /// This pod's sampled hot keys (warm start of other pods).
+    pub hot: Arc<crate::cache::hot::HotKeys>,
     pub coalescer: Arc<Coalescer>,
     pub invalidator: Arc<Invalidator>,
     pub metrics: Arc<Metrics>,
@@ -167,7 +172,7 @@ impl Proxy {
         shared.invalidator.set_router(router.clone());
         let limiter = Limiter::new(
             &config.limits,
-            shared.l2.as_ref().map(|l| l.redis().clone()),
+            shared.limits_redis.clone(),
             config
                 .l2
                 .as_ref()
@@ -181,6 +186,7 @@ impl Proxy {
             limiter,
             l1: shared.l1.clone(),
             l2: shared.l2.clone(),
+            hot: shared.hot.clone(),
             coalescer: shared.coalescer.clone(),
             upstream: Upstream::new(&config.upstream),
             routes: shared.metrics.route_table(&names),
@@ -380,10 +386,20 @@ impl Proxy {
             }
         };
         let head = req.method() == Method::HEAD;
+        let in_l1 = route.config.tiers.l1;
+        // Sampled hot keys warm other pods' L1: only keys whose route keeps entries there.
+        if in_l1 && crate::cache::hot::sampled() {
+            self.hot.record(key);
+        }
         // Request directives, where the route honours them: parsed only when sent.
         let rd = (route.config.honor_request && req.headers().contains_key(header::CACHE_CONTROL))
             .then(|| Box::new(RequestDirectives::parse(req.headers())));
-        match self.lookup(&key, req.headers(), head, Served::Hit, rd.as_deref()) {
+        let looked = if in_l1 {
+            self.lookup(&key, req.headers(), head, Served::Hit, rd.as_deref())
+        } else {
+            Looked::Unusable(Target::new(key))
+        };
+        match looked {
             Looked::Answered(response, _) => Step::Answered(Answer {
                 response,
                 outcome: CacheOutcome::Hit,
@@ -471,10 +487,16 @@ impl Proxy {
                             Looked::Unusable(_) => target,
                         };
                     let tags = render_tags(route, &req);
-                    let (found, lease) =
-                        await_boxed!(self.l2_lookup(&mut target, &tags, req.headers(), rd));
+                    let (found, lease) = if route.config.tiers.l2 {
+                        await_boxed!(self.l2_lookup(&mut target, &tags, req.headers(), rd))
+                    } else {
+                        (None, None)
+                    };
                     if let Some(entry) = found {
-                        if let Some(answer) = self.promote(&target, entry, req.headers(), ticket) {
+                        let l1 = route.config.tiers.l1;
+                        if let Some(answer) =
+                            self.promote(&target, entry, req.headers(), ticket, l1)
+                        {
                             guard.complete(FillState::Done(answer.1));
                             return (answer.0, CacheOutcome::HitL2);
                         }
@@ -681,6 +703,7 @@ impl Proxy {
         entry: Entry,
         headers: &HeaderMap,
         ticket: FillTicket,
+        into_l1: bool,
     ) -> Option<(Response<Body>, Entry)> {
         let now = clock::now_ms();
         let (age_secs, ttl_left_secs, served) = match entry.freshness(now) {
@@ -691,10 +714,12 @@ impl Proxy {
             // Stale, but the request's max-stale accepted it (see `usable`).
             _ => (entry.age_ms(now) / 1000, 0, Served::Stale),
         };
-        if let Some(marker) = &target.marker {
-            self.l1.insert_fill(target.primary, marker.clone(), ticket);
+        if into_l1 {
+            if let Some(marker) = &target.marker {
+                self.l1.insert_fill(target.primary, marker.clone(), ticket);
+            }
+            self.l1.insert_fill(target.key, entry.clone(), ticket);
         }
-        self.l1.insert_fill(target.key, entry.clone(), ticket);
         let resp = respond::from_entry(&entry, headers, false, age_secs, ttl_left_secs, served);
         Some((resp, entry))
     }

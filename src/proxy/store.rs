@@ -31,8 +31,16 @@ impl Proxy {
         request: &HeaderMap,
         ticket: FillTicket,
     ) -> Result<L2Write, NoStoreReason> {
+        // A route without L1 still asks L1's invalidation book whether the fill may store.
+        let store = |key: CacheKey, e: &Entry| {
+            if route.config.tiers.l1 {
+                self.l1.insert_fill(key, e.clone(), ticket)
+            } else {
+                !self.l1.superseded(&key, e, ticket)
+            }
+        };
         if vary.is_empty() {
-            if !self.l1.insert_fill(target.primary, entry.clone(), ticket) {
+            if !store(target.primary, entry) {
                 return Err(NoStoreReason::Invalidated);
             }
             return Ok(L2Write {
@@ -80,9 +88,7 @@ impl Proxy {
         };
         let tags: Vec<&str> = entry.tags().collect();
         let marker = Entry::new(meta, &HeaderMap::new(), &marker.encode(), &tags, "");
-        if !self.l1.insert_fill(target.primary, marker.clone(), ticket)
-            || !self.l1.insert_fill(secondary, entry.clone(), ticket)
-        {
+        if !store(target.primary, &marker) || !store(secondary, entry) {
             return Err(NoStoreReason::Invalidated);
         }
         Ok(L2Write {

@@ -1,4 +1,6 @@
-//! The one Redis client behind L2 (and, later, pub/sub and rate limits).
+//! The Redis client behind L2, pub/sub and rate limits: one per configured target (`[l2]`,
+//! `[limits.redis]`, `[pubsub.redis]`), each with its own connection, breaker and `redis`
+//! metrics label; a section without a target of its own shares `[l2]`'s client.
 //!
 //! Standalone, Sentinel and Cluster deployments look the same from outside: [`Redis::exec`]
 //! runs a batch of commands, grouped per cluster slot, under the configured timeout and the
@@ -23,7 +25,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{Cmd, IntoConnectionInfo, Pipeline, Value};
 use tokio::sync::Notify;
 
-use crate::config::{L2Config, RedisTarget};
+use crate::config::{RedisConfig, RedisTarget};
 use crate::metrics::Metrics;
 pub use breaker::{Breaker, BreakerState};
 
@@ -86,7 +88,7 @@ impl std::fmt::Debug for Redis {
 }
 
 struct Inner {
-    config: L2Config,
+    config: RedisConfig,
     // A std RwLock: read to clone the connection handle out, never held across an await.
     conn: RwLock<Option<Conn>>,
     breaker: Breaker,
@@ -97,7 +99,7 @@ struct Inner {
 
 impl Redis {
     /// Creates the client and starts connecting in the background.
-    pub fn start(config: &L2Config, metrics: Arc<Metrics>) -> Redis {
+    pub fn start(config: &RedisConfig, metrics: Arc<Metrics>) -> Redis {
         let inner = Arc::new(Inner {
             config: config.clone(),
             conn: RwLock::new(None),
@@ -107,13 +109,18 @@ impl Redis {
         });
         inner
             .metrics
-            .set_breaker_state(BreakerState::Closed.as_str());
+            .set_breaker_state(config.role, BreakerState::Closed.as_str());
         tokio::spawn(keep_connected(Arc::downgrade(&inner)));
         Redis { inner }
     }
 
     pub fn breaker_state(&self) -> BreakerState {
         self.inner.breaker.state()
+    }
+
+    /// The section this client serves (`l2`, `limits`, `pubsub`).
+    pub fn role(&self) -> &'static str {
+        self.inner.config.role
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -130,15 +137,20 @@ impl Redis {
     ) -> Result<Vec<Value>, RedisError> {
         let inner = &self.inner;
         if !inner.breaker.allow(Instant::now()) {
-            inner.metrics.l2_op(op, RedisError::Skipped.as_str(), None);
+            inner
+                .metrics
+                .l2_op(inner.config.role, op, RedisError::Skipped.as_str(), None);
             return Err(RedisError::Skipped);
         }
         let conn = inner.conn.read().expect("redis conn lock").clone();
         let Some(conn) = conn else {
             // Not a Redis failure: the breaker is untouched, the caller sees a miss.
-            inner
-                .metrics
-                .l2_op(op, RedisError::NotConnected.as_str(), None);
+            inner.metrics.l2_op(
+                inner.config.role,
+                op,
+                RedisError::NotConnected.as_str(),
+                None,
+            );
             return Err(RedisError::NotConnected);
         };
         let started = Instant::now();
@@ -154,12 +166,18 @@ impl Redis {
             Err(_) => false,
         };
         let state = inner.breaker.record(healthy, Instant::now());
-        inner.metrics.set_breaker_state(state.as_str());
+        inner
+            .metrics
+            .set_breaker_state(inner.config.role, state.as_str());
         match &result {
-            Ok(_) => inner.metrics.l2_op(op, "ok", Some(elapsed)),
+            Ok(_) => inner
+                .metrics
+                .l2_op(inner.config.role, op, "ok", Some(elapsed)),
             Err(e) => {
-                inner.metrics.l2_op(op, e.as_str(), Some(elapsed));
-                tracing::warn!(op, error = %e, breaker = state.as_str(), "Redis call failed; treating it as a miss.");
+                inner
+                    .metrics
+                    .l2_op(inner.config.role, op, e.as_str(), Some(elapsed));
+                tracing::warn!(redis = inner.config.role, op, error = %e, breaker = state.as_str(), "Redis call failed; treating it as a miss.");
                 if let RedisError::Failed(err) = e {
                     if is_availability_error(err)
                         || err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
@@ -279,7 +297,7 @@ async fn keep_connected(inner: Weak<Inner>) {
     }
 }
 
-fn with_auth(info: redis::ConnectionInfo, config: &L2Config) -> redis::ConnectionInfo {
+fn with_auth(info: redis::ConnectionInfo, config: &RedisConfig) -> redis::ConnectionInfo {
     let mut settings = info.redis_settings().clone();
     if let Some(u) = &config.username {
         settings = settings.set_username(u);
@@ -291,7 +309,7 @@ fn with_auth(info: redis::ConnectionInfo, config: &L2Config) -> redis::Connectio
 }
 
 /// Connects; for Sentinel also returns the master's address it connected to.
-async fn connect(config: &L2Config) -> redis::RedisResult<(Conn, Option<String>)> {
+async fn connect(config: &RedisConfig) -> redis::RedisResult<(Conn, Option<String>)> {
     match &config.target {
         RedisTarget::Standalone(url) => {
             let info = with_auth(url.as_str().into_connection_info()?, config);
@@ -344,7 +362,7 @@ async fn connect(config: &L2Config) -> redis::RedisResult<(Conn, Option<String>)
     }
 }
 
-fn sentinel_client(config: &L2Config) -> redis::RedisResult<SentinelClient> {
+fn sentinel_client(config: &RedisConfig) -> redis::RedisResult<SentinelClient> {
     let RedisTarget::Sentinel {
         nodes,
         master_name,
@@ -370,7 +388,7 @@ fn sentinel_client(config: &L2Config) -> redis::RedisResult<SentinelClient> {
 
 /// A dedicated pub/sub connection: to the standalone server, to the current Sentinel master,
 /// or to the first Cluster node that answers (classic PUBLISH reaches every node).
-pub async fn pubsub_connection(config: &L2Config) -> redis::RedisResult<redis::aio::PubSub> {
+pub async fn pubsub_connection(config: &RedisConfig) -> redis::RedisResult<redis::aio::PubSub> {
     let urls: Vec<String> = match &config.target {
         RedisTarget::Standalone(url) => vec![url.clone()],
         RedisTarget::Cluster(nodes) => nodes.clone(),
@@ -393,7 +411,7 @@ pub async fn pubsub_connection(config: &L2Config) -> redis::RedisResult<redis::a
 }
 
 /// The master's `host:port` as the first answering sentinel reports it.
-async fn sentinel_master(config: &L2Config) -> redis::RedisResult<Option<String>> {
+async fn sentinel_master(config: &RedisConfig) -> redis::RedisResult<Option<String>> {
     let RedisTarget::Sentinel {
         nodes, master_name, ..
     } = &config.target

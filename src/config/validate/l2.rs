@@ -1,7 +1,7 @@
 //! `[l2]` and `[l2.sentinel]`: which Redis holds the shared tier.
 
 use super::{check, duration};
-use crate::config::{file, redact_url, L2Config, RedisTarget};
+use crate::config::{file, redact_url, L2Config, RedisConfig, RedisTarget};
 
 fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
     use redis::IntoConnectionInfo;
@@ -56,43 +56,91 @@ pub(super) fn validate(
     env: &impl Fn(&str) -> Option<String>,
     e: &mut Vec<String>,
 ) -> L2Config {
+    let conn = file::RedisFile {
+        url: f.url,
+        cluster: f.cluster,
+        sentinel: f.sentinel,
+        timeout: f.timeout,
+        connect_timeout: f.connect_timeout,
+        username_env: f.username_env,
+        password_env: f.password_env,
+        breaker_failures: f.breaker_failures,
+        breaker_open: f.breaker_open,
+    };
+    let redis = validate_redis("l2", "l2", conn, env, e);
+    let prefix = f.prefix.unwrap_or_else(|| "sidecache".into());
+    if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
+        e.push(format!(
+            "l2.prefix: `{prefix}` must be non-empty, without braces or spaces"
+        ));
+    }
+    let lease = duration(e, "l2.lease", f.lease, "2s");
+    let lease_wait = duration(e, "l2.lease_wait", f.lease_wait, "500ms");
+    if lease_wait > lease {
+        e.push("l2.lease_wait: must not exceed l2.lease".into());
+    }
+    L2Config {
+        target: redis.target,
+        timeout: redis.timeout,
+        connect_timeout: redis.connect_timeout,
+        prefix,
+        username: redis.username,
+        password: redis.password,
+        lease,
+        lease_wait,
+        breaker_failures: redis.breaker_failures,
+        breaker_open: redis.breaker_open,
+    }
+}
+
+/// One Redis deployment: `[l2]`'s connection keys, `[limits.redis]`, `[pubsub.redis]`. `at` is
+/// the section's name in messages (`l2`, `limits.redis`).
+pub(super) fn validate_redis(
+    role: &'static str,
+    at: &str,
+    f: file::RedisFile,
+    env: &impl Fn(&str) -> Option<String>,
+    e: &mut Vec<String>,
+) -> RedisConfig {
     let given = [f.url.is_some(), f.cluster.is_some(), f.sentinel.is_some()]
         .iter()
         .filter(|x| **x)
         .count();
     if given != 1 {
-        e.push("l2: give exactly one of `url`, `cluster` or `[l2.sentinel]`".into());
+        e.push(format!(
+            "{at}: give exactly one of `url`, `cluster` or `[{at}.sentinel]`"
+        ));
     }
     let target = if let Some(url) = f.url {
         if url.starts_with("redis+sentinel://") {
             check(
                 e,
-                "l2.url",
+                &format!("{at}.url"),
                 sentinel_url(&url),
                 RedisTarget::Cluster(Vec::new()),
             )
         } else {
-            redis_url(e, "l2.url", &url);
+            redis_url(e, &format!("{at}.url"), &url);
             RedisTarget::Standalone(url)
         }
     } else if let Some(nodes) = f.cluster {
         if nodes.is_empty() {
-            e.push("l2.cluster: list at least one node".into());
+            e.push(format!("{at}.cluster: list at least one node"));
         }
         for (i, n) in nodes.iter().enumerate() {
-            redis_url(e, &format!("l2.cluster[{i}]"), n);
+            redis_url(e, &format!("{at}.cluster[{i}]"), n);
         }
         RedisTarget::Cluster(nodes)
     } else if let Some(s) = f.sentinel {
         let nodes = s.nodes.unwrap_or_default();
         if nodes.is_empty() {
-            e.push("l2.sentinel.nodes: list at least one sentinel".into());
+            e.push(format!("{at}.sentinel.nodes: list at least one sentinel"));
         }
         for (i, n) in nodes.iter().enumerate() {
-            redis_url(e, &format!("l2.sentinel.nodes[{i}]"), n);
+            redis_url(e, &format!("{at}.sentinel.nodes[{i}]"), n);
         }
         let master_name = s.master_name.unwrap_or_else(|| {
-            e.push("l2.sentinel.master_name: required".into());
+            e.push(format!("{at}.sentinel.master_name: required"));
             String::new()
         });
         RedisTarget::Sentinel {
@@ -103,43 +151,35 @@ pub(super) fn validate(
     } else {
         RedisTarget::Cluster(Vec::new())
     };
-    let prefix = f.prefix.unwrap_or_else(|| "sidecache".into());
-    if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
-        e.push(format!(
-            "l2.prefix: `{prefix}` must be non-empty, without braces or spaces"
-        ));
-    }
     let username_env = f
         .username_env
         .unwrap_or_else(|| "SIDECACHE_REDIS_USERNAME".into());
     let password_env = f
         .password_env
         .unwrap_or_else(|| "SIDECACHE_REDIS_PASSWORD".into());
-    let lease = duration(e, "l2.lease", f.lease, "2s");
-    let lease_wait = duration(e, "l2.lease_wait", f.lease_wait, "500ms");
-    if lease_wait > lease {
-        e.push("l2.lease_wait: must not exceed l2.lease".into());
-    }
-    let timeout = duration(e, "l2.timeout", f.timeout, "50ms");
+    let timeout = duration(e, &format!("{at}.timeout"), f.timeout, "50ms");
     if timeout.is_zero() {
-        e.push("l2.timeout: must be greater than zero".into());
+        e.push(format!("{at}.timeout: must be greater than zero"));
     }
     let breaker_failures = f.breaker_failures.unwrap_or(5);
     if breaker_failures == 0 {
         // Zero would mean "open before the first failure": a breaker that never lets a call
         // through. Refused rather than silently raised to 1, so the file says what runs.
-        e.push("l2.breaker_failures: must be at least 1".into());
+        e.push(format!("{at}.breaker_failures: must be at least 1"));
     }
-    L2Config {
+    RedisConfig {
+        role,
         target,
         timeout,
-        connect_timeout: duration(e, "l2.connect_timeout", f.connect_timeout, "500ms"),
-        prefix,
+        connect_timeout: duration(
+            e,
+            &format!("{at}.connect_timeout"),
+            f.connect_timeout,
+            "500ms",
+        ),
         username: env(&username_env).filter(|v| !v.is_empty()),
         password: env(&password_env).filter(|v| !v.is_empty()),
-        lease,
-        lease_wait,
         breaker_failures,
-        breaker_open: duration(e, "l2.breaker_open", f.breaker_open, "1s"),
+        breaker_open: duration(e, &format!("{at}.breaker_open"), f.breaker_open, "1s"),
     }
 }

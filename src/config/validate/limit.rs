@@ -67,6 +67,9 @@ pub(super) fn validate_all(
     LimitsConfig {
         replicas: replicas.max(1),
         rules: limit_rules,
+        redis: f
+            .redis
+            .map(|r| super::l2::validate_redis("limits", "limits.redis", r, env, e)),
     }
 }
 
@@ -89,7 +92,7 @@ fn validate_limit(
     }
     let mut params: Vec<String> = Vec::new();
     let scope = match (r.match_, r.route) {
-        (Some(m), None) => match MatchTemplate::parse(&m) {
+        (Some(m), None) => match MatchTemplate::parse_limit(&m) {
             Ok(t) => {
                 params = t.params.clone();
                 Some(LimitScope::Match(t))

@@ -246,13 +246,34 @@ pub(super) fn validate(
     let warnings = route::warnings(&routes);
     let has_l2 = l2.is_some();
     let prefix = l2.as_ref().map_or("sidecache", |l| l.prefix.as_str());
-    let pubsub = pubsub::validate(s.pubsub, prefix, e);
+    let pubsub = pubsub::validate(s.pubsub, prefix, env, e);
     let admin = admin::validate(s.admin, env, e);
     let invalidations = invalidate::validate_invalidations(s.invalidations, e);
     let events = invalidate::validate_events(s.events, e);
     let limits: LimitsConfig = limit::validate_all(s.limits, s.limit_rules, &routes, env, e);
-    if !has_l2 && !events.is_empty() {
-        e.push("event: [[event]] rules need an [l2] section (the Redis they arrive on)".into());
+    if !has_l2 && pubsub.redis.is_none() && !events.is_empty() {
+        e.push(
+            "event: [[event]] rules need an [l2] or a [pubsub.redis] section (the Redis they arrive on)"
+                .into(),
+        );
+    }
+    let mut warnings = warnings;
+    for r in &routes {
+        if !has_l2 && r.tiers.l2 && !r.tiers.l1 {
+            e.push(format!(
+                "route `{}`.tiers: [\"l2\"] needs an [l2] section (without it the route would cache nowhere)",
+                r.name
+            ));
+        }
+    }
+    if let Some(l2) = &l2 {
+        let shared = limits.redis.as_ref().is_none_or(|r| r.target == l2.target);
+        if shared && !limits.rules.is_empty() {
+            warnings.push(
+                "limits: the rate limits share the cache's Redis ([l2]); a cache Redis evicting under maxmemory-policy allkeys-lru evicts limit state too. Give [limits.redis] its own target (or a noeviction database)."
+                    .into(),
+            );
+        }
     }
 
     let reload_interval = duration(e, "reload.interval", s.reload.interval, "2s");

@@ -7,7 +7,7 @@ use http::{HeaderValue, Method};
 
 use super::check;
 use crate::config::{
-    file, units, MatchTemplate, RouteConfig, Scope, Template, RESERVED_ROUTE_NAME,
+    file, units, MatchTemplate, RouteConfig, Scope, Template, Tiers, RESERVED_ROUTE_NAME,
 };
 
 pub(super) fn validate_all(rules: Vec<file::RouteFile>, e: &mut Vec<String>) -> Vec<RouteConfig> {
@@ -184,9 +184,38 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         .map(|h| header_name(e, &format!("{at}.vary"), h))
         .collect();
 
+    let mut tiers = Tiers {
+        l1: false,
+        l2: false,
+    };
+    match r.tiers {
+        None => tiers = Tiers::default(),
+        Some(list) => {
+            for t in &list {
+                let slot = match t.as_str() {
+                    "l1" => &mut tiers.l1,
+                    "l2" => &mut tiers.l2,
+                    other => {
+                        e.push(format!("{at}.tiers: `{other}` is not \"l1\" or \"l2\""));
+                        continue;
+                    }
+                };
+                if std::mem::replace(slot, true) {
+                    e.push(format!("{at}.tiers: `{t}` is listed twice"));
+                }
+            }
+            if list.is_empty() {
+                e.push(format!(
+                    "{at}.tiers: name at least one of \"l1\", \"l2\" (a route that caches nowhere is no route)"
+                ));
+            }
+        }
+    }
+
     let matcher = matcher?;
     Some(RouteConfig {
         name,
+        tiers,
         honor_request: r.honor_request.unwrap_or(matcher.is_catch_all()),
         matcher,
         ttl,

@@ -8,12 +8,19 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `POST /admin/purge` (bearer token): `{"keys": [urls], "tags": [...], "all": bool}`,
 //!   applied here, in L2, and propagated to every pod.
+//! - `POST /admin/refresh` (bearer token): `{"keys": [urls], "tags": [...]}`, invalidated as a
+//!   purge, then fetched again at once (here and on every pod that held them).
+//! - `POST /admin/verify` (bearer token): `{"tag"|"route"|"sample", "repair"}`: entries
+//!   compared with the upstream, a JSON report (see [`verify`]).
 //! - `GET /admin/cache/stats`: entries, bytes, hits, misses and invalidations per tier.
 //! - `GET /admin/cache/explain?url=...`: route, key, scope, tags, which tier holds it, age,
 //!   TTL left, and why it would not be cached. The admin request's own headers stand in for
 //!   the caller's (send `Authorization` to explain an identity-scoped URL).
 
+mod explain;
+mod purge;
 pub mod status;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,20 +28,17 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cache::policy::Freshness;
-use crate::cache::{clock, key, L2Read, L1};
-use crate::config::Scope;
-use crate::invalidate::{Invalidator, Source, Target};
+use crate::cache::L1;
+use crate::config::UpstreamConfig;
+use crate::invalidate::Invalidator;
 use crate::metrics::Metrics;
 use crate::proxy::body::Body;
 use crate::proxy::Proxy;
 
-/// Largest purge request body.
+/// Largest purge, refresh or verify request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 /// Readiness: a latch set once the proxy listener is up, and a drain flag set on shutdown.
@@ -68,18 +72,8 @@ pub struct Admin {
     pub proxy: Arc<ArcSwap<Proxy>>,
     /// Bearer token of mutating endpoints; `None` disables them.
     pub token: Option<String>,
-}
-
-/// `POST /admin/purge` body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Purge {
-    #[serde(default)]
-    keys: Vec<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-    #[serde(default)]
-    all: bool,
+    /// Where `verify` asks for the backend's current answers.
+    pub upstream: UpstreamConfig,
 }
 
 impl Admin {
@@ -122,6 +116,8 @@ impl Admin {
                 resp
             }
             (Method::POST, "/admin/purge") => self.purge(req).await,
+            (Method::POST, "/admin/refresh") => self.refresh(req).await,
+            (Method::POST, "/admin/verify") => self.verify(req).await,
             (Method::GET, "/admin/cache/stats") => self.stats(),
             (Method::GET, "/admin/cache/explain") => self.explain(&req).await,
             (
@@ -132,6 +128,8 @@ impl Admin {
                 | "/readyz"
                 | "/metrics"
                 | "/admin/purge"
+                | "/admin/refresh"
+                | "/admin/verify"
                 | "/admin/cache/stats"
                 | "/admin/cache/explain",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
@@ -197,49 +195,6 @@ impl Admin {
         }
     }
 
-    async fn purge(&self, req: Request<Incoming>) -> Response<Body> {
-        if let Some(denied) = self.refused(req.headers()) {
-            return denied;
-        }
-        let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return bad_request("body unreadable or over 64KiB"),
-        };
-        let purge: Purge = match serde_json::from_slice(&body) {
-            Ok(p) => p,
-            Err(e) => return bad_request(&format!("body is not a purge request: {e}")),
-        };
-        if purge.keys.is_empty() && purge.tags.is_empty() && !purge.all {
-            return bad_request("give at least one of `keys`, `tags`, `all`");
-        }
-        let mut target = Target {
-            tags: purge.tags,
-            keys: Vec::new(),
-            all: purge.all,
-        };
-        let mut errors = Vec::new();
-        for url in &purge.keys {
-            match self.invalidator.key_of(url) {
-                Ok(k) => target.keys.push(k),
-                Err(e) => errors.push(e),
-            }
-        }
-        if !errors.is_empty() {
-            return json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error": "bad_keys", "problems": errors}),
-            );
-        }
-        let summary = json!({"purged": {"keys": target.keys.len(), "tags": target.tags.len(), "all": target.all}});
-        self.invalidator
-            .invalidate(target, Source::Admin, false)
-            .await;
-        json_response(StatusCode::OK, summary)
-    }
-
     fn stats(&self) -> Response<Body> {
         let (entries, bytes) = self.l1.usage();
         let outcomes = self.metrics.totals("sidecache_requests_total", "cache");
@@ -273,118 +228,10 @@ impl Admin {
             }),
         )
     }
-
-    async fn explain(&self, req: &Request<Incoming>) -> Response<Body> {
-        let Some(url) = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("url=")))
-        else {
-            return bad_request("give ?url=/path/to/explain");
-        };
-        let url = percent_decode(url);
-        let (path, query) = match url.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (url.as_str(), None),
-        };
-        let proxy = self.proxy.load();
-        let Some(m) = proxy.router().find(&Method::GET, path) else {
-            return json_response(
-                StatusCode::OK,
-                json!({"url": url, "route": null, "cached": false, "reason": "no cached route matches: forwarded untouched"}),
-            );
-        };
-        let route = &m.route.config;
-        let tags = crate::invalidate::uri::entry_tags(route, &m.params, path);
-        let mut out = json!({
-            "url": url,
-            "route": route.name,
-            "match": route.matcher.text,
-            "scope": route.scope.as_str(),
-            "ttl_seconds": route.ttl.map(|t| t.as_secs()),
-            "tags": tags,
-        });
-        let key = match key::derive(route, m.params.as_slice(), query, req.headers()) {
-            Ok(k) => k,
-            Err(key::KeyError::NoIdentity) => {
-                out["cached"] = json!(false);
-                out["reason"] = json!(format!(
-                    "identity-scoped: a request without `{}` is never cached (send it with this request to explain its entry)",
-                    route.identity_header
-                ));
-                return json_response(StatusCode::OK, out);
-            }
-            Err(key::KeyError::AmbiguousIdentity) => {
-                out["cached"] = json!(false);
-                out["reason"] = json!(format!(
-                    "identity-scoped: a request with `{}` more than once is refused (400)",
-                    route.identity_header
-                ));
-                return json_response(StatusCode::OK, out);
-            }
-        };
-        out["key"] = json!(key.to_string());
-        let now = clock::now_ms();
-        let describe = |e: &crate::cache::Entry| match e.freshness(now) {
-            Freshness::Fresh {
-                age_secs,
-                ttl_left_secs,
-            } => {
-                json!({"present": true, "status": e.status().as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag())})
-            }
-            state => json!({"present": true, "stale": true, "state": state.as_str()}),
-        };
-        out["l1"] = self
-            .l1
-            .get(&key, now)
-            .map_or_else(|| json!({"present": false}), |e| describe(&e));
-        if let Some(l2) = self.invalidator.l2() {
-            out["l2"] = match l2.key(key, &tags).await {
-                None => json!({"present": null, "error": "redis unavailable"}),
-                Some(k) => match l2.get(&k).await {
-                    L2Read::Hit(e) => describe(&e),
-                    L2Read::Miss => json!({"present": false}),
-                    L2Read::Corrupt => json!({"present": false, "corrupt": true}),
-                    L2Read::Unavailable => json!({"present": null, "error": "redis unavailable"}),
-                },
-            };
-        }
-        out["cached"] =
-            json!(out["l1"]["present"] == json!(true) || out["l2"]["present"] == json!(true));
-        if route.scope == Scope::Shared {
-            out["not_stored_when"] = json!("the response has Set-Cookie, Cache-Control no-store/no-cache/private, max-age=0, a status outside the route's list, a Vary on a header not in the key, or a body over l1.max_entry_bytes");
-        }
-        json_response(StatusCode::OK, out)
-    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response<Body> {
@@ -420,6 +267,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    use super::explain::percent_decode;
     use super::*;
 
     #[test]
