@@ -91,6 +91,10 @@ impl App {
             coalescer: Arc::new(Coalescer::default()),
             invalidator: invalidator.clone(),
             metrics: metrics.clone(),
+            tunnels: {
+                let (upgrades, open) = metrics.tunnel_handles();
+                crate::server::Tunnels::new(Some(upgrades), Some(open))
+            },
         };
         let proxy = Arc::new(ArcSwap::from_pointee(Proxy::new(&config, &shared)));
         let admin = Admin {
@@ -165,6 +169,7 @@ impl App {
             // Outside the proxy's budget: probes are answered whatever the proxy's load.
             max_connections: None,
             metrics: Some(self.admin.metrics.listener("admin")),
+            tunnels: None,
         };
         let grace = self.config.shutdown.grace_period;
 
@@ -192,6 +197,7 @@ impl App {
         let proxy_settings = ConnSettings {
             max_connections: Some(self.config.listen.max_connections),
             metrics: Some(self.admin.metrics.listener("proxy")),
+            tunnels: Some(self.shared.tunnels.clone()),
             ..settings
         };
         let proxy_task = tokio::spawn(server::serve(

@@ -21,6 +21,8 @@
 //! - [`redis`]: one Redis client (standalone, Sentinel, Cluster) with timeouts and a breaker.
 //! - [`client`]: the HTTP/1.1 client to the upstream: kept-alive connections read by the
 //!   request's own task.
+//! - `tls`: rustls client settings (ring, system roots + `ca_file`) for HTTPS upstreams and
+//!   `rediss://` (the `tls` feature, on by default).
 //! - [`warmup`]: fetching configured paths through the proxy at start.
 //! - [`reload`]: config reload on file change or SIGHUP, swapping the proxy atomically.
 //! - [`app`]: wiring and the start/stop order.
@@ -51,4 +53,6 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod warmup;

@@ -91,6 +91,7 @@ impl Pool {
                 idle.remove(at)?.0
             };
             // The syscall outside the lock.
+            let mut conn = conn;
             if conn.is_silent() {
                 return Some(conn);
             }
@@ -139,11 +140,16 @@ impl Conn {
     /// non-blocking one-byte peek of the socket (one syscall). Tokio's readiness is not asked:
     /// it is only as new as the reactor's last turn, and a byte that arrived since would be
     /// read as the next request's answer.
-    pub(super) fn is_silent(&self) -> bool {
+    ///
+    /// Under TLS the peek sees records, not plaintext: any record on an idle connection (a
+    /// late answer, a close_notify, a late session ticket) closes it, as a byte does in the
+    /// clear; and what rustls decrypted or received before but nobody read (`has_buffered`)
+    /// counts as arrived.
+    pub(super) fn is_silent(&mut self) -> bool {
         let mut byte = [MaybeUninit::<u8>::uninit(); 1];
         matches!(
-            socket2::SockRef::from(&self.io).peek(&mut byte),
+            socket2::SockRef::from(self.io.tcp()).peek(&mut byte),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock
-        )
+        ) && !self.io.has_buffered()
     }
 }

@@ -190,7 +190,11 @@ pub fn parse_response_head(
                     HeaderName::from_bytes(raw_name).map_err(|_| "bad header name".to_string())?;
                 // The answer's own hop-by-hop fields are not passed on (those of the common
                 // names, `Connection` and `Transfer-Encoding`, are consumed below).
-                if HOP_BY_HOP.contains(&name) {
+                // `Upgrade` of a 101 names the protocol switched to: the proxy's own 101
+                // downstream repeats it.
+                if HOP_BY_HOP.contains(&name)
+                    && !(name == header::UPGRADE && status == StatusCode::SWITCHING_PROTOCOLS)
+                {
                     continue;
                 }
                 name

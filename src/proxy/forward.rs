@@ -74,13 +74,16 @@ impl Upstream {
         let host = HeaderValue::from_str(authority.as_str()).expect("authority is a header value");
         let client = Client::new(ClientConfig {
             host: authority.host().trim_matches(['[', ']']).to_string(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority
+                .port_u16()
+                .unwrap_or(if config.tls.is_some() { 443 } else { 80 }),
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
             body_timeout: config.client_body_timeout,
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout,
             fill_quiet: config.fill_quiet,
+            tls: tls_client(config),
         });
         Upstream {
             client,
@@ -103,11 +106,54 @@ impl Upstream {
     where
         B: http_body::Body<Data = bytes::Bytes>,
     {
+        let (own_host, extra) = self.forwarding(&mut req, client);
+        let added = Added {
+            host: own_host.then_some(&self.host),
+            extra: &extra,
+        };
+        self.client.encode(req, added, now)
+    }
+
+    /// [`Self::encode`] for an upgrade request: `Connection: upgrade` and the client's
+    /// `Upgrade` (both hop-by-hop, so stripped with the others) are written again, and a `101`
+    /// answer hands over the connection.
+    pub fn encode_upgrade<B>(
+        &self,
+        mut req: Request<B>,
+        client: SocketAddr,
+        now: Instant,
+        upgrade: HeaderValue,
+    ) -> Outgoing<B>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+    {
+        let (own_host, [a, b, c]) = self.forwarding(&mut req, client);
+        let extra = [
+            a,
+            b,
+            c,
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, upgrade),
+        ];
+        let added = Added {
+            host: own_host.then_some(&self.host),
+            extra: &extra,
+        };
+        self.client.encode(req, added, now).to_upgrade()
+    }
+
+    /// Removes the hop-by-hop fields and the client's `X-Forwarded-For` lines; returns
+    /// whether the upstream's authority replaces `Host`, and the forwarding fields to add.
+    fn forwarding<B>(
+        &self,
+        req: &mut Request<B>,
+        client: SocketAddr,
+    ) -> (bool, [(HeaderName, HeaderValue); 3]) {
         let h = req.headers_mut();
         strip_hop_by_hop(h);
         let original_host = h.get(header::HOST);
         let (address, forwarded) = forwarding_values(client.ip(), original_host);
-        let host = (!self.preserve_host || original_host.is_none()).then_some(&self.host);
+        let own_host = !self.preserve_host || original_host.is_none();
         // One `X-Forwarded-For` line: the client's list (all its lines) and this client.
         // Looked up first: `entry` would make room for a field even when there is none.
         let xff = match h.contains_key(&X_FORWARDED_FOR) {
@@ -117,16 +163,14 @@ impl Upstream {
                 Entry::Vacant(_) => address,
             },
         };
-        let extra = [
-            (X_FORWARDED_FOR, xff),
-            (header::FORWARDED, forwarded),
-            (header::VIA, VIA_VALUE),
-        ];
-        let added = Added {
-            host,
-            extra: &extra,
-        };
-        self.client.encode(req, added, now)
+        (
+            own_host,
+            [
+                (X_FORWARDED_FOR, xff),
+                (header::FORWARDED, forwarded),
+                (header::VIA, VIA_VALUE),
+            ],
+        )
     }
 
     /// Sends an encoded request; the timeout covers the wait for the response head. The
@@ -137,6 +181,20 @@ impl Upstream {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
         self.client.send_encoded(out)
     }
+}
+
+/// The TLS settings of an `https://` upstream, offering the protocol configured (ALPN).
+fn tls_client(config: &UpstreamConfig) -> Option<crate::client::TlsClient> {
+    #[cfg(feature = "tls")]
+    return config.tls.as_ref().map(|t| {
+        let alpn: &[&[u8]] = match config.protocol.is_h2() {
+            true => &[b"h2"],
+            false => &[b"http/1.1"],
+        };
+        crate::client::TlsClient::new(t, alpn)
+    });
+    #[cfg(not(feature = "tls"))]
+    return config.tls.as_ref().map(|_| crate::client::TlsClient {});
 }
 
 /// The values of `prev`, then `address`, as one comma-separated list.
@@ -252,6 +310,8 @@ mod tests {
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
             preserve_host,
+            protocol: Default::default(),
+            tls: None,
         })
     }
 

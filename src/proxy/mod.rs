@@ -19,6 +19,7 @@ pub mod forward;
 mod refuse;
 pub mod rescue;
 pub mod respond;
+mod upgrade;
 mod write;
 
 use std::future::Future;
@@ -64,6 +65,21 @@ macro_rules! await_boxed {
     }};
 }
 
+/// Copies an HTTP/2 request's `:authority` into `Host` when it has none (RFC 9113 §8.3.1:
+/// a proxy forwarding to HTTP/1.1 makes `Host` from `:authority`).
+fn h2_host(req: &mut Request<Incoming>) {
+    if req.headers().contains_key(header::HOST) {
+        return;
+    }
+    if let Some(value) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, value);
+    }
+}
+
 /// How many times a follower whose leader went away tries again before forwarding alone.
 const MAX_JOIN_ATTEMPTS: usize = 3;
 
@@ -87,6 +103,7 @@ pub struct Proxy {
     /// The shared tier; `None` without an `[l2]` section.
     l2: Option<L2>,
     upstream: Upstream,
+    tunnels: crate::server::Tunnels,
     routes: RouteTable,
     metrics: Arc<Metrics>,
     max_entry_bytes: usize,
@@ -123,6 +140,8 @@ enum Step {
     Uncached(usize, NoStoreReason, Outgoing<Incoming>),
     /// A cached route, not answered from L1.
     Miss(Request<Incoming>, Arc<Route>, CacheKey),
+    /// An upgrade request (WebSocket): forwarded, and tunnelled after a `101`.
+    Upgrade(Outgoing<Incoming>, HeaderValue, hyper::upgrade::OnUpgrade),
 }
 
 /// What outlives a configuration: the tiers, in-flight fills, the invalidator, the metrics.
@@ -134,6 +153,8 @@ pub struct Shared {
     pub coalescer: Arc<Coalescer>,
     pub invalidator: Arc<Invalidator>,
     pub metrics: Arc<Metrics>,
+    /// Upgraded connections, drained by the proxy listener on shutdown.
+    pub tunnels: crate::server::Tunnels,
 }
 
 impl Proxy {
@@ -161,6 +182,7 @@ impl Proxy {
             l2: shared.l2.clone(),
             coalescer: shared.coalescer.clone(),
             upstream: Upstream::new(&config.upstream),
+            tunnels: shared.tunnels.clone(),
             routes: shared.metrics.route_table(&names),
             metrics: shared.metrics.clone(),
             max_entry_bytes: config.l1.max_entry_bytes,
@@ -188,7 +210,14 @@ impl Proxy {
         // The fixed hop-by-hop set can key nothing (config refuses those names): it is
         // stripped when the request is encoded, and an L1 hit pays only this lookup.
         if req.headers().contains_key(header::CONNECTION) {
+            // Before the strip: `Connection: upgrade` is one of the fields it removes.
+            upgrade::mark(&mut req);
             forward::strip_hop_by_hop(req.headers_mut());
+        }
+        if req.version() == http::Version::HTTP_2 {
+            // `:authority` as `Host`, so that keys, rules and the forwarded head see the same
+            // request over either protocol.
+            h2_host(&mut req);
         }
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_string());
@@ -316,7 +345,15 @@ impl Proxy {
 
     /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup. A
     /// forwarded request's timeout runs from `start`.
-    fn step(&self, req: Request<Incoming>, client: SocketAddr, start: Instant) -> Step {
+    fn step(&self, mut req: Request<Incoming>, client: SocketAddr, start: Instant) -> Step {
+        if upgrade::asked(&req) {
+            if let Some((asked, on_upgrade)) = upgrade::take(&mut req) {
+                let out = self
+                    .upstream
+                    .encode_upgrade(req, client, start, asked.clone());
+                return Step::Upgrade(out, asked, on_upgrade);
+            }
+        }
         if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
             return Step::Write(self.upstream.encode(req, client, start), write);
         }
@@ -368,6 +405,12 @@ impl Proxy {
         let (route, (response, outcome)) = match step {
             Step::Answered(answer) => return answer,
             Step::Pass(out) => return self.pass_through(out).await,
+            Step::Upgrade(out, asked, on_upgrade) => {
+                let mut answer = self.pass_through(out).await;
+                answer.response =
+                    upgrade::answer(answer.response, asked, on_upgrade, &self.tunnels);
+                return answer;
+            }
             Step::Write(out, write) => return await_boxed!(self.write(out, write)),
             Step::Uncached(route, reason, out) => {
                 let rm = self.routes.get(Some(route));

@@ -1,13 +1,13 @@
 //! `[l2]` and `[l2.sentinel]`: which Redis holds the shared tier.
 
 use super::{check, duration};
-use crate::config::{file, redact_url, L2Config, RedisTarget};
+use crate::config::{file, redact_url, L2Config, RedisTarget, TlsFiles};
 
 fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
     use redis::IntoConnectionInfo;
-    if text.starts_with("rediss://") {
+    if cfg!(not(feature = "tls")) && text.starts_with("rediss://") {
         e.push(format!(
-            "{key}: `rediss://` (TLS) is not built into this binary; terminate TLS in the mesh or use redis://"
+            "{key}: `rediss://` (TLS) needs the `tls` feature, which this binary was built without"
         ));
     } else if let Err(err) = text.into_connection_info() {
         let shown = redact_url(text);
@@ -19,9 +19,20 @@ fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
 fn sentinel_url(url: &str) -> Result<RedisTarget, String> {
     // Errors show the URL without its password.
     let text = redact_url(url);
-    let rest = url
-        .strip_prefix("redis+sentinel://")
-        .ok_or_else(|| format!("`{text}` is not a redis+sentinel:// URL"))?;
+    // `rediss+sentinel://`: the sentinels and the master are both reached over TLS.
+    let (rest, scheme) = match url.strip_prefix("rediss+sentinel://") {
+        Some(rest) if cfg!(feature = "tls") => (rest, "rediss"),
+        Some(_) => {
+            return Err(format!(
+                "`{text}`: TLS needs the `tls` feature, which this binary was built without"
+            ))
+        }
+        None => (
+            url.strip_prefix("redis+sentinel://")
+                .ok_or_else(|| format!("`{text}` is not a redis+sentinel:// URL"))?,
+            "redis",
+        ),
+    };
     let (hosts, path) = rest.split_once('/').ok_or_else(|| {
         format!("`{text}`: write redis+sentinel://host:port,host:port/master_name")
     })?;
@@ -39,7 +50,7 @@ fn sentinel_url(url: &str) -> Result<RedisTarget, String> {
     let nodes: Vec<String> = hosts
         .split(',')
         .filter(|h| !h.is_empty())
-        .map(|h| format!("redis://{h}"))
+        .map(|h| format!("{scheme}://{h}"))
         .collect();
     if nodes.is_empty() {
         return Err(format!("`{text}`: no sentinel hosts"));
@@ -64,7 +75,7 @@ pub(super) fn validate(
         e.push("l2: give exactly one of `url`, `cluster` or `[l2.sentinel]`".into());
     }
     let target = if let Some(url) = f.url {
-        if url.starts_with("redis+sentinel://") {
+        if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
             check(
                 e,
                 "l2.url",
@@ -130,7 +141,25 @@ pub(super) fn validate(
         // through. Refused rather than silently raised to 1, so the file says what runs.
         e.push("l2.breaker_failures: must be at least 1".into());
     }
+    let tls = TlsFiles {
+        ca_file: f.ca_file.map(Into::into),
+        cert_file: f.cert_file.map(Into::into),
+        key_file: f.key_file.map(Into::into),
+    };
+    let uses_tls = match &target {
+        RedisTarget::Standalone(url) => url.starts_with("rediss://"),
+        RedisTarget::Cluster(nodes) | RedisTarget::Sentinel { nodes, .. } => {
+            nodes.iter().any(|n| n.starts_with("rediss://"))
+        }
+    };
+    if uses_tls {
+        #[cfg(feature = "tls")]
+        crate::tls::check_files("l2", &tls, e);
+    } else if tls != TlsFiles::default() {
+        e.push("l2.ca_file, l2.cert_file, l2.key_file: only for rediss:// URLs".into());
+    }
     L2Config {
+        tls,
         target,
         timeout,
         connect_timeout: duration(e, "l2.connect_timeout", f.connect_timeout, "500ms"),
