@@ -34,6 +34,7 @@ pub async fn fetch_all(paths: &[String], concurrency: usize, proxy: SocketAddr) 
         // Its answers are read, not stored: the proxy it talks to stores its own fills.
         fill_quiet: Duration::ZERO,
         tls: None,
+        http2: false,
     });
     let host =
         http::HeaderValue::from_str(&proxy.to_string()).expect("an address is a header value");

@@ -20,6 +20,8 @@ pub struct UpstreamBody(Inner);
 enum Inner {
     Buffered(Option<Bytes>),
     Streaming(Box<Streaming>),
+    /// An HTTP/2 upstream's body: data and trailers as hyper reads them.
+    H2(hyper::body::Incoming),
 }
 
 #[derive(Debug)]
@@ -56,6 +58,10 @@ impl UpstreamBody {
             reusable,
             pool,
         })))
+    }
+
+    pub(super) fn h2(body: hyper::body::Incoming) -> UpstreamBody {
+        UpstreamBody(Inner::H2(body))
     }
 
     /// The whole body if it is already in memory, else the body as it was.
@@ -154,6 +160,9 @@ impl http_body::Body for UpstreamBody {
         match &mut self.get_mut().0 {
             Inner::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Streaming(s) => s.poll_frame(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            Inner::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(std::io::Error::other))),
         }
     }
 
@@ -161,6 +170,7 @@ impl http_body::Body for UpstreamBody {
         match &self.0 {
             Inner::Buffered(bytes) => bytes.is_none(),
             Inner::Streaming(s) => s.conn.is_none() || matches!(s.framing, Framing::Length(0)),
+            Inner::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -172,6 +182,7 @@ impl http_body::Body for UpstreamBody {
                 (Some(_), Framing::Length(left)) => SizeHint::with_exact(*left),
                 (Some(_), _) => SizeHint::new(),
             },
+            Inner::H2(b) => b.size_hint(),
         }
     }
 }

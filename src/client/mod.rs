@@ -39,6 +39,7 @@
 //! removal (~700 instructions).
 
 mod body;
+mod h2;
 pub mod io;
 mod pool;
 pub mod wire;
@@ -85,6 +86,8 @@ pub struct ClientConfig {
     pub fill_quiet: Duration,
     /// TLS to the upstream (`https://`); `None` in the clear.
     pub tls: Option<TlsClient>,
+    /// HTTP/2 (`h2c`, or `h2` with `tls`) instead of the HTTP/1.1 pool.
+    pub http2: bool,
 }
 
 /// What a TLS connection needs: the connector (or why none could be built: every connect
@@ -128,6 +131,8 @@ impl TlsClient {
 pub struct Client {
     config: Arc<ClientConfig>,
     pool: Arc<Pool>,
+    /// The HTTP/2 connection, when `config.http2`.
+    h2: Option<Arc<h2::H2Conn>>,
 }
 
 /// One connection, what was read from it but not yet consumed, and the deadline of the
@@ -158,6 +163,8 @@ pub struct Outgoing<B> {
     started: Instant,
     /// For the complete response head, connecting included.
     deadline: Instant,
+    /// The head for an HTTP/2 upstream (then `head` is empty).
+    h2: Option<Box<h2::H2Head>>,
 }
 
 impl<B> Outgoing<B> {
@@ -220,6 +227,7 @@ impl Client {
             config.fill_quiet,
         ));
         Client {
+            h2: config.http2.then(Default::default),
             config: Arc::new(config),
             pool,
         }
@@ -231,8 +239,8 @@ impl Client {
         req: Request<B>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
     where
-        B: HttpBody<Data = Bytes> + 'a,
-        B::Error: std::fmt::Display,
+        B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.send_encoded(self.encode(req, wire::Added::default(), Instant::now()))
     }
@@ -249,6 +257,21 @@ impl Client {
     {
         let (parts, body) = req.into_parts();
         let no_body = body.is_end_stream();
+        if self.h2.is_some() {
+            return Outgoing {
+                head: BytesMut::new(),
+                framing: RequestFraming::Empty,
+                method: parts.method.clone(),
+                headers: HeaderMap::new(),
+                replayable: false,
+                stored: false,
+                upgrade: false,
+                started: now,
+                deadline: now + self.config.timeout,
+                h2: Some(Box::new(h2::head(&self.config, parts, added))),
+                body,
+            };
+        }
         let framing = match body.size_hint().exact() {
             // A body-carrying method says "no body" explicitly (RFC 9110 §8.6).
             _ if no_body => match parts.method {
@@ -287,6 +310,7 @@ impl Client {
             upgrade: false,
             started: now,
             deadline: now + self.config.timeout,
+            h2: None,
         }
     }
 
@@ -297,9 +321,14 @@ impl Client {
         out: Outgoing<B>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
     where
-        B: HttpBody<Data = Bytes> + 'a,
-        B::Error: std::fmt::Display,
+        B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let (Some(conn), Some(head)) = (&self.h2, out.h2) {
+            // Boxed: rare beside the HTTP/1.1 exchange, whose future stays as it was.
+            let send = conn.send(&self.config, *head, out.body, out.deadline);
+            return futures_util::future::Either::Right(Box::pin(send));
+        }
         let Outgoing {
             head,
             framing,
@@ -311,13 +340,14 @@ impl Client {
             upgrade,
             started,
             deadline,
+            h2: _,
         } = out;
         let checkout = if stored {
             Checkout::Quiet
         } else {
             Checkout::Newest
         };
-        async move {
+        futures_util::future::Either::Left(async move {
             let mut body = std::pin::pin!(body);
             let mut fresh_only = false;
             loop {
@@ -358,7 +388,7 @@ impl Client {
                     Err(f) => return Err(f.error),
                 }
             }
-        }
+        })
     }
 
     fn response(

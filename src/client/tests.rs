@@ -118,6 +118,7 @@ fn client(port: u16) -> Client {
         pool_idle_timeout: Duration::from_secs(60),
         fill_quiet: Duration::from_millis(50),
         tls: None,
+        http2: false,
     })
 }
 

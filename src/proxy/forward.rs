@@ -84,6 +84,7 @@ impl Upstream {
             pool_idle_timeout: config.pool_idle_timeout,
             fill_quiet: config.fill_quiet,
             tls: tls_client(config),
+            http2: config.protocol.is_h2(),
         });
         Upstream {
             client,
