@@ -676,3 +676,102 @@ async fn l2_hits_and_events_work_over_rediss() {
     .await;
     assert!(refetched, "the event did not invalidate over rediss://");
 }
+
+// === Trailers through an HTTP/1.1 upstream ===
+
+/// An HTTP/1.1 origin that answers each request with a chunked body `pong` and trailers
+/// (named in `Trailer`): `grpc-status: 0` and `x-echo`, the request's `x-client-trailer`.
+async fn h1_trailer_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    assert_eq!(req.version(), http::Version::HTTP_11);
+                    let collected = req.into_body().collect().await.unwrap();
+                    let echo = collected
+                        .trailers()
+                        .and_then(|t| t.get("x-client-trailer"))
+                        .map_or("none".to_string(), |v| v.to_str().unwrap().to_string());
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("x-echo", echo.parse().unwrap());
+                    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"pong"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let mut resp =
+                        Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                    resp.headers_mut()
+                        .insert("trailer", "grpc-status, x-echo".parse().unwrap());
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn body_with_trailer(
+    value: &'static str,
+) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>> {
+    let mut t = http::HeaderMap::new();
+    t.insert("x-client-trailer", value.parse().unwrap());
+    StreamBody::new(futures_util::stream::iter(vec![
+        Ok(Frame::data(Bytes::from_static(b"ping"))),
+        Ok(Frame::trailers(t)),
+    ]))
+}
+
+/// The body's data and its trailers.
+async fn data_and_trailers(body: Incoming) -> (Bytes, http::HeaderMap) {
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    (collected.to_bytes(), trailers)
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways_through_an_http11_upstream() {
+    let origin = h1_trailer_origin().await;
+    let sc = Sidecache::start_with(config_with(&format!("url = \"http://{origin}\""), "")).await;
+
+    // An h2 client (gRPC-like).
+    let stream = TcpStream::connect(sc.proxy).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{}/rpc", sc.proxy))
+        .header("te", "trailers")
+        .body(body_with_trailer("from-h2"))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (data, trailers) = data_and_trailers(resp.into_body()).await;
+    assert_eq!(&data[..], b"pong");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-echo"], "from-h2");
+
+    // An HTTP/1.1 client that asks for trailers and sends its own.
+    let stream = TcpStream::connect(sc.proxy).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/rpc")
+        .header("host", "app")
+        .header("te", "trailers")
+        .header("connection", "te")
+        .header("trailer", "x-client-trailer")
+        .body(body_with_trailer("from-h1"))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (data, trailers) = data_and_trailers(resp.into_body()).await;
+    assert_eq!(&data[..], b"pong");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-echo"], "from-h1");
+}

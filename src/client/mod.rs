@@ -792,8 +792,19 @@ where
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Trailers (a gRPC client's, say) fit only the chunked coding; a body of
+                // known length has no place for them.
+                if let (Ok(t), RequestFraming::Chunked) = (frame.into_trailers(), framing) {
+                    out.clear();
+                    wire::encode_last_chunk(&mut out, &t);
+                    write_within(w, &out, stall).await?;
+                    return Ok(());
+                }
+                continue;
+            }
         };
         let piece: &[u8] = if framing == RequestFraming::Chunked {
             if data.is_empty() {

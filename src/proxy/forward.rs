@@ -18,9 +18,12 @@ use crate::error::ProxyError;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 sidecache");
+const TE_TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
-/// Removes hop-by-hop fields, including every field named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop fields, including every field named in `Connection`. Returns whether
+/// the request said `TE: trailers` (the one hop-by-hop field the proxy speaks again: it passes
+/// trailers on).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names finds which of the fixed set are present (usually none, or
     // `Connection: keep-alive` from an upstream); only those are removed.
     let mut present = [false; HOP_COUNT];
@@ -50,11 +53,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    // `TE` is the sixth of the fixed set (checked by a test).
+    let te_trailers = present[5]
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     for (name, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
             headers.remove(name);
         }
     }
+    te_trailers
 }
 
 #[derive(Debug, Clone)]
@@ -107,10 +118,10 @@ impl Upstream {
     where
         B: http_body::Body<Data = bytes::Bytes>,
     {
-        let (own_host, extra) = self.forwarding(&mut req, client);
+        let (own_host, extra, te) = self.forwarding(&mut req, client);
         let added = Added {
             host: own_host.then_some(&self.host),
-            extra: &extra,
+            extra: &extra[..if te { 4 } else { 3 }],
         };
         self.client.encode(req, added, now)
     }
@@ -128,7 +139,7 @@ impl Upstream {
     where
         B: http_body::Body<Data = bytes::Bytes>,
     {
-        let (own_host, [a, b, c]) = self.forwarding(&mut req, client);
+        let (own_host, [a, b, c, _], _) = self.forwarding(&mut req, client);
         let extra = [
             a,
             b,
@@ -144,14 +155,15 @@ impl Upstream {
     }
 
     /// Removes the hop-by-hop fields and the client's `X-Forwarded-For` lines; returns
-    /// whether the upstream's authority replaces `Host`, and the forwarding fields to add.
+    /// whether the upstream's authority replaces `Host`, the forwarding fields to add (and
+    /// `TE: trailers`, the fourth), and whether the request said `TE: trailers`.
     fn forwarding<B>(
         &self,
         req: &mut Request<B>,
         client: SocketAddr,
-    ) -> (bool, [(HeaderName, HeaderValue); 3]) {
+    ) -> (bool, [(HeaderName, HeaderValue); 4], bool) {
         let h = req.headers_mut();
-        strip_hop_by_hop(h);
+        let te = strip_hop_by_hop(h);
         let original_host = h.get(header::HOST);
         let (address, forwarded) = forwarding_values(client.ip(), original_host);
         let own_host = !self.preserve_host || original_host.is_none();
@@ -170,7 +182,9 @@ impl Upstream {
                 (X_FORWARDED_FOR, xff),
                 (header::FORWARDED, forwarded),
                 (header::VIA, VIA_VALUE),
+                (header::TE, TE_TRAILERS),
             ],
+            te,
         )
     }
 
@@ -285,7 +299,8 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        assert!(strip_hop_by_hop(&mut h), "TE: trailers is reported");
+        assert_eq!(HOP_BY_HOP[5], header::TE);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
 

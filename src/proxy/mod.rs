@@ -212,7 +212,11 @@ impl Proxy {
         if req.headers().contains_key(header::CONNECTION) {
             // Before the strip: `Connection: upgrade` is one of the fields it removes.
             upgrade::mark(&mut req);
-            forward::strip_hop_by_hop(req.headers_mut());
+            if forward::strip_hop_by_hop(req.headers_mut()) {
+                // Kept for the forward, which passes trailers on (and strips it again).
+                req.headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
         if req.version() == http::Version::HTTP_2 {
             // `:authority` as `Host`, so that keys, rules and the forwarded head see the same
