@@ -701,7 +701,7 @@ mod tests {
         // wrongly downstream.
         assert_eq!(
             head.headers.keys().collect::<Vec<_>>(),
-            ["x-end", "trailer"]
+            ["trailer", "x-end"]
         );
     }
 
