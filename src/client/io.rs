@@ -71,6 +71,7 @@ pub(super) fn poll_fill(
     }
 }
 
+#[cfg(feature = "tls")]
 /// Reads from any stream into the spare room of `buf` (zeroed first: safe code cannot hand
 /// uninitialised memory to `poll_read`; TLS decryption costs far more than the memset).
 pub(super) fn poll_fill_stream<S: AsyncRead + Unpin>(
@@ -171,11 +172,13 @@ impl AsyncWrite for Io {
     }
 }
 
+#[cfg(feature = "tls")]
 /// A writer through a lock, for TLS uploads: rustls reads and writes through one state, so
 /// the upload's writer and the watch for an early answer take turns on it (both in the same
 /// task; the lock is never contended and never held across an await).
 pub(super) struct Locked<'a, S>(pub(super) &'a std::sync::Mutex<&'a mut S>);
 
+#[cfg(feature = "tls")]
 impl<S: AsyncWrite + Unpin> AsyncWrite for Locked<'_, S> {
     fn poll_write(
         self: Pin<&mut Self>,
