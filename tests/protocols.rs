@@ -58,16 +58,10 @@ async fn ws_echo_origin() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(t) if t.as_str() == "close-me" => {
-                            let _ = ws.close(None).await;
-                        }
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ => {}
+                    if msg.to_text().is_ok_and(|t| t == "close-me") {
+                        let _ = ws.close(None).await;
+                    } else if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -469,9 +463,9 @@ async fn h1_trailer_origin() -> SocketAddr {
     addr
 }
 
-fn body_with_trailer(
-    value: &'static str,
-) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>> {
+type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+
+fn body_with_trailer(value: &'static str) -> StreamBody<Frames> {
     let mut t = http::HeaderMap::new();
     t.insert("x-client-trailer", value.parse().unwrap());
     StreamBody::new(futures_util::stream::iter(vec![

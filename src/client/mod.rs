@@ -522,6 +522,7 @@ pub(crate) async fn connect(c: &ClientConfig, deadline: Instant) -> Result<Io, P
 /// Writes the request and reads until a final response head is parsed into `headers`. The
 /// head and the wait for the answer are bounded by the connection's deadline; a body, by
 /// `body_timeout` between its pieces, and the deadline then moves to `timeout` after its end.
+#[allow(clippy::too_many_arguments)]
 async fn exchange<B>(
     conn: &mut Conn,
     head: &[u8],
