@@ -522,3 +522,19 @@ async fn trailers_pass_both_ways_through_an_http11_upstream() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["x-echo"], "from-h1");
 }
+
+#[tokio::test]
+async fn a_declined_upgrade_leaves_no_connection_to_reuse() {
+    // An origin that answers every request normally (and so declines every upgrade): after an
+    // upgrade request, whatever it answered, its connection is not used again.
+    let origin = hostile::Hostile::start(hostile::Mode::Honest).await;
+    let sc = Sidecache::start_with(support::config(&origin.url(), "")).await;
+    let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
+    assert_eq!(sc.get_with("/ws/1", &upgrade).await.status, 200);
+    assert_eq!(sc.get_with("/ws/2", &upgrade).await.status, 200);
+    assert_eq!(origin.connections(), 2);
+    // Ordinary requests still share one kept-alive connection.
+    assert_eq!(sc.get("/a").await.status, 200);
+    assert_eq!(sc.get("/b").await.status, 200);
+    assert_eq!(origin.connections(), 3);
+}

@@ -377,8 +377,14 @@ impl Client {
                 .await;
                 match answer {
                     Ok(answer) => {
-                        let has_content =
-                            !matches!(framing, RequestFraming::Empty | RequestFraming::Length(0));
+                        // An upgrade request declined (any answer but 101) does not leave its
+                        // connection reusable either: the upstream read `Upgrade` on it, and
+                        // whether it still speaks HTTP/1.1 there is its word alone.
+                        let has_content = upgrade
+                            || !matches!(
+                                framing,
+                                RequestFraming::Empty | RequestFraming::Length(0)
+                            );
                         return Ok(self.response(conn, answer, has_content));
                     }
                     Err(f) if reused && replayable && f.nothing_received => {
