@@ -538,3 +538,23 @@ async fn a_declined_upgrade_leaves_no_connection_to_reuse() {
     assert_eq!(sc.get("/b").await.status, 200);
     assert_eq!(origin.connections(), 3);
 }
+
+#[tokio::test]
+async fn an_h2c_request_head_over_max_header_bytes_never_reaches_the_origin() {
+    let origin = Origin::start(|_| Reply::json("{}")).await;
+    // The default limit (64 KiB).
+    let sc = Sidecache::start(&origin, "").await;
+    let mut h2 = h2_client(sc.proxy).await;
+    let big = "x".repeat(80 * 1024);
+    let req = Request::get(format!("http://{}/big", sc.proxy))
+        .header("x-big", big.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // h2 answers 431 itself, as hyper's HTTP/1.1 parser does.
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(origin.hits(), 0);
+    // A head within the limit passes.
+    let mut h2 = h2_client(sc.proxy).await;
+    assert_eq!(h2_get(&mut h2, sc.proxy, "/small").await.0, StatusCode::OK);
+}
