@@ -21,8 +21,9 @@ pub struct UpstreamBody(Inner);
 enum Inner {
     Buffered(Option<Bytes>),
     Streaming(Box<Streaming>),
-    /// An HTTP/2 upstream's body: data and trailers as hyper reads them.
-    H2(hyper::body::Incoming),
+    /// An HTTP/2 upstream's body: data and trailers as hyper reads them. Boxed: unboxed it
+    /// made every answer (hits included) larger, and moving one cost a `memcpy` call more.
+    H2(Box<hyper::body::Incoming>),
 }
 
 #[derive(Debug)]
@@ -65,7 +66,7 @@ impl UpstreamBody {
     }
 
     pub(super) fn h2(body: hyper::body::Incoming) -> UpstreamBody {
-        UpstreamBody(Inner::H2(body))
+        UpstreamBody(Inner::H2(Box::new(body)))
     }
 
     /// The whole body if it is already in memory, else the body as it was.
@@ -177,7 +178,7 @@ impl http_body::Body for UpstreamBody {
         match &mut self.get_mut().0 {
             Inner::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Streaming(s) => s.poll_frame(cx),
-            Inner::H2(b) => Pin::new(b)
+            Inner::H2(b) => Pin::new(&mut **b)
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(std::io::Error::other))),
         }
