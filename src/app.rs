@@ -194,19 +194,22 @@ impl App {
         self.spawn_background();
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let proxy = self.proxy.clone();
+        let proxy_h2 = self.proxy.clone();
         let proxy_settings = ConnSettings {
             max_connections: Some(self.config.listen.max_connections),
             metrics: Some(self.admin.metrics.listener("proxy")),
             tunnels: Some(self.shared.tunnels.clone()),
             ..settings
         };
-        let proxy_task = tokio::spawn(server::serve(
+        let proxy_task = tokio::spawn(server::serve_each(
             proxy_listener,
             proxy_settings,
             move |req, peer| {
                 // The configuration current when the request arrived serves all of it.
                 proxy.load_full().handle(req, peer)
             },
+            // The same for HTTP/2, as a handler of its own (see `server::serve_each`).
+            move |req, peer| proxy_h2.load_full().handle(req, peer),
             proxy_rx,
             grace,
         ));
