@@ -163,8 +163,6 @@ pub struct Outgoing<B> {
     started: Instant,
     /// For the complete response head, connecting included.
     deadline: Instant,
-    /// The head for an HTTP/2 upstream (then `head` is empty).
-    h2: Option<Box<h2::H2Head>>,
 }
 
 impl<B> Outgoing<B> {
@@ -258,17 +256,23 @@ impl Client {
         let (parts, body) = req.into_parts();
         let no_body = body.is_end_stream();
         if self.h2.is_some() {
+            // For HTTP/2 the head is kept as parts: the URI's text in `head`, the fields in
+            // `headers` (no field of its own, so that the HTTP/1.1 request is no larger).
+            let h2::H2Head {
+                method,
+                uri,
+                headers,
+            } = h2::head(&self.config, parts, added);
             return Outgoing {
-                head: BytesMut::new(),
+                head: BytesMut::from(uri.to_string().as_bytes()),
                 framing: RequestFraming::Empty,
-                method: parts.method.clone(),
-                headers: HeaderMap::new(),
+                method,
+                headers,
                 replayable: false,
                 stored: false,
                 upgrade: false,
                 started: now,
                 deadline: now + self.config.timeout,
-                h2: Some(Box::new(h2::head(&self.config, parts, added))),
                 body,
             };
         }
@@ -310,7 +314,6 @@ impl Client {
             upgrade: false,
             started: now,
             deadline: now + self.config.timeout,
-            h2: None,
         }
     }
 
@@ -324,11 +327,6 @@ impl Client {
         B: HttpBody<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let (Some(conn), Some(head)) = (&self.h2, out.h2) {
-            // Boxed: rare beside the HTTP/1.1 exchange, whose future stays as it was.
-            let send = conn.send(&self.config, *head, out.body, out.deadline);
-            return futures_util::future::Either::Right(Box::pin(send));
-        }
         let Outgoing {
             head,
             framing,
@@ -340,14 +338,23 @@ impl Client {
             upgrade,
             started,
             deadline,
-            h2: _,
         } = out;
         let checkout = if stored {
             Checkout::Quiet
         } else {
             Checkout::Newest
         };
-        futures_util::future::Either::Left(async move {
+        async move {
+            if let Some(conn) = &self.h2 {
+                let head = h2::H2Head {
+                    method,
+                    uri: http::Uri::from_maybe_shared(head.freeze()).unwrap_or_default(),
+                    headers,
+                };
+                // Boxed: rare beside the HTTP/1.1 exchange, whose state stays as it was.
+                let send = Box::pin(conn.send(&self.config, head, body, deadline));
+                return send.await;
+            }
             let mut body = std::pin::pin!(body);
             let mut fresh_only = false;
             loop {
@@ -394,7 +401,7 @@ impl Client {
                     Err(f) => return Err(f.error),
                 }
             }
-        })
+        }
     }
 
     fn response(
