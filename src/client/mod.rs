@@ -256,25 +256,7 @@ impl Client {
         let (parts, body) = req.into_parts();
         let no_body = body.is_end_stream();
         if self.h2.is_some() {
-            // For HTTP/2 the head is kept as parts: the URI's text in `head`, the fields in
-            // `headers` (no field of its own, so that the HTTP/1.1 request is no larger).
-            let h2::H2Head {
-                method,
-                uri,
-                headers,
-            } = h2::head(&self.config, parts, added);
-            return Outgoing {
-                head: BytesMut::from(uri.to_string().as_bytes()),
-                framing: RequestFraming::Empty,
-                method,
-                headers,
-                replayable: false,
-                stored: false,
-                upgrade: false,
-                started: now,
-                deadline: now + self.config.timeout,
-                body,
-            };
+            return self.encode_h2(parts, body, added, now);
         }
         let framing = match body.size_hint().exact() {
             // A body-carrying method says "no body" explicitly (RFC 9110 §8.6).
@@ -314,6 +296,37 @@ impl Client {
             upgrade: false,
             started: now,
             deadline: now + self.config.timeout,
+        }
+    }
+
+    /// [`Self::encode`] for an HTTP/2 upstream: the head is kept as parts, the URI's text in
+    /// `head` and the fields in `headers` (no field of its own, so that the HTTP/1.1 request is
+    /// no larger). Out of line, so that the HTTP/1.1 `encode` stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn encode_h2<B>(
+        &self,
+        parts: http::request::Parts,
+        body: B,
+        added: wire::Added<'_>,
+        now: Instant,
+    ) -> Outgoing<B> {
+        let h2::H2Head {
+            method,
+            uri,
+            headers,
+        } = h2::head(&self.config, parts, added);
+        Outgoing {
+            head: BytesMut::from(uri.to_string().as_bytes()),
+            framing: RequestFraming::Empty,
+            method,
+            headers,
+            replayable: false,
+            stored: false,
+            upgrade: false,
+            started: now,
+            deadline: now + self.config.timeout,
+            body,
         }
     }
 
