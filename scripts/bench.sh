@@ -622,7 +622,7 @@ h2load_as_wrk() {
     cat "$1"
     awk '/^finished in/ { gsub(",", "", $4); print "Requests/sec: " $4 }
          /^requests:/ { print $2 " requests in (h2load)"; if ($10 + $12 + $14 > 0) print "Non-2xx or 3xx responses: failed " $10 }
-         /^status codes:/ { n = $4 + $6 + $8; if (n > 0) print "Non-2xx or 3xx responses: " n }
+         /^status codes:/ { n = $7 + $9; if (n > 0) print "Non-2xx or 3xx responses: " n }
          /^time for request:/ { print "     50%  " $6; print "     99%  " $5 }' "$1"
 }
 
