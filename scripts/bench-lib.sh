@@ -26,6 +26,7 @@ need_tools() {
         taskset) command -v taskset >/dev/null 2>&1 || pkgs+=(util-linux) ;;
         ps) command -v ps >/dev/null 2>&1 || pkgs+=(procps) ;;
         valgrind) command -v valgrind >/dev/null 2>&1 || pkgs+=(valgrind) ;;
+        h2load) command -v h2load >/dev/null 2>&1 || pkgs+=(nghttp2-client) ;;
         cc) command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev) ;; # varnishd compiles VCL
         *) die "need_tools: unknown tool $t" ;;
         esac

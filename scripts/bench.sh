@@ -24,6 +24,10 @@
 #                    (stock Debian http settings, and "tuned"), Varnish; wrk -c$CONNECTIONS
 #                    (ceiling and hit share one rotation when both are selected)
 #   latency      (6) the same hit at one connection (wrk -t1 -c1): p50 / p99
+#   h2c          (2b) the same hit over HTTP/2 with prior knowledge: h2load -t1 -c$CONNECTIONS
+#                    -m$H2_STREAMS against sidecache and nginx proxy_cache (`listen ... http2`);
+#                    h2load reports the mean and the max time per request (in the p50 and p99
+#                    columns)
 #   keys         (3) 3000 group URLs (100 groups x 30 symbols), uniform and Zipf (s=$ZIPF_S),
 #                    all warmed first (scripts/wrk/keys.lua picks the path per request)
 #   miss         (5) pass-through: a path no route caches, to a fast origin (`return 200`);
@@ -62,7 +66,7 @@ BENCH_TAG=bench
 # shellcheck source=scripts/bench-lib.sh
 source "$ROOT/scripts/bench-lib.sh"
 
-ALL_CASES="ceiling hit latency keys miss limit l2 commands redis memory consistency"
+ALL_CASES="ceiling hit latency h2c keys miss limit l2 commands redis memory consistency"
 DURATION=${DURATION:-8}
 RUNS=${RUNS:-3}
 CASES=${CASES:-$ALL_CASES}
@@ -78,6 +82,8 @@ LOAD_WAIT=${LOAD_WAIT:-600}
 HIT_SERVERS=${HIT_SERVERS:-sidecache nginx nginx-tuned varnish}
 KEYS_SERVERS=${KEYS_SERVERS:-sidecache nginx nginx-tuned varnish}
 MISS_SERVERS=${MISS_SERVERS:-sidecache nginx nginx-fwd varnish}
+H2C_SERVERS=${H2C_SERVERS:-sidecache nginx-h2c}
+H2_STREAMS=${H2_STREAMS:-10}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$ROOT/bench-results"
 RAW="$OUT/tmp/bench-$STAMP"
@@ -99,6 +105,7 @@ if [[ " $HIT_SERVERS $KEYS_SERVERS $MISS_SERVERS " == *" varnish "* ]] && { want
     tools+=(varnish cc)
 fi
 if want l2 || want commands || want redis || want consistency; then tools+=(redis); fi
+if want h2c; then tools+=(h2load); fi
 need_tools "${tools[@]}"
 if (($(nproc) < 2)); then
     log "warning: $(nproc) CPU; the servers and wrk will share it"
@@ -180,7 +187,7 @@ fetch_all() {
 
 # --- ports and configs ---------------------------------------------------------------------------
 declare -A PORT ADMIN
-for s in origin ceiling nginx nginx-tuned nginx-fwd varnish sidecache sidecache-limit sidecache-l2 \
+for s in origin ceiling nginx nginx-tuned nginx-fwd nginx-h2c varnish sidecache sidecache-limit sidecache-l2 \
     sidecache-cmd sidecache-redis sidecache-mem; do
     free_port && PORT[$s]=$FREE_PORT
 done
@@ -285,7 +292,7 @@ $(printf '    %s\n' "$@")
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:${PORT[$name]} backlog=4096;
+        listen 127.0.0.1:${PORT[$name]} backlog=4096 ${LISTEN_OPTS:-};
         proxy_http_version 1.1;
         proxy_set_header Connection "";
 ${SERVER_FIELDS:-}
@@ -403,6 +410,8 @@ write_conf() {
             'proxy_set_header Via "1.1 nginx";') \
             nginx_cache_conf nginx-fwd "sendfile on;" "tcp_nopush on;"
         ;;
+    # HTTP/2 with prior knowledge (h2c) on the cache's port: `listen ... http2` without TLS.
+    nginx-h2c) LISTEN_OPTS=http2 nginx_cache_conf nginx-h2c "sendfile on;" "tcp_nopush on;" ;;
     varnish) varnish_conf ;;
     sidecache | sidecache-mem) sidecache_conf "$1" ;;
     sidecache-limit) sidecache_conf sidecache-limit "$LIMIT_RULE" ;;
@@ -415,9 +424,9 @@ write_conf() {
 }
 # Every config is written and checked once up front, so that a bad one fails before any run;
 # `start` writes it again with ports picked at that moment.
-ALL_SERVERS="origin ceiling nginx nginx-tuned nginx-fwd varnish sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem"
+ALL_SERVERS="origin ceiling nginx nginx-tuned nginx-fwd nginx-h2c varnish sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem"
 for s in $ALL_SERVERS; do write_conf "$s"; done
-for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned" "$TMP/nginx-fwd"; do
+for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned" "$TMP/nginx-fwd" "$TMP/nginx-h2c"; do
     "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" 2>"$TMP/nginx-t.out" || die "$d/nginx.conf: $(cat "$TMP/nginx-t.out")"
 done
 
@@ -435,7 +444,7 @@ start() {
         case $s in
         origin) spawn origin taskset -c "$LOAD_CPU" "$NGINX" -p "$O" -c "$O/nginx.conf" ;;
         ceiling) spawn ceiling taskset -c "$PROXY_CPU" "$NGINX" -p "$C" -c "$C/nginx.conf" ;;
-        nginx | nginx-tuned | nginx-fwd) spawn "$s" taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/$s" -c "$TMP/$s/nginx.conf" ;;
+        nginx | nginx-tuned | nginx-fwd | nginx-h2c) spawn "$s" taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/$s" -c "$TMP/$s/nginx.conf" ;;
         varnish)
             spawn varnish taskset -c "$PROXY_CPU" "$VARNISHD" -F -j none -n "$V/work" \
                 -a "127.0.0.1:${PORT[varnish]}" -f "$V/default.vcl" -s malloc,256m -p thread_pools=1
@@ -469,7 +478,8 @@ ready() {
         if [[ -z $probe ]]; then
             redis-cli -p "${PORT[$s]}" ping 2>/dev/null | grep -q PONG && return 0
         else
-            curl -sS -o /dev/null --max-time 1 "$probe" 2>/dev/null && return 0
+            # nginx-h2c speaks only HTTP/2 with prior knowledge on its port.
+            curl -sS -o /dev/null --max-time 1 $([[ $s == nginx-h2c ]] && echo --http2-prior-knowledge) "$probe" 2>/dev/null && return 0
         fi
         sleep 0.05
     done
@@ -552,10 +562,18 @@ measure() {
         c0=$CHILD_TICKS
         w0=$(date +%s.%N)
         # In the background, so that a signal interrupts `wait` and the trap runs at once.
-        timeout $((DURATION + 30)) taskset -c "$LOAD_CPU" \
-            wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${lua[@]}" >"$file" 2>&1 &
+        if [[ $case == h2c ]]; then
+            timeout $((DURATION + 30)) taskset -c "$LOAD_CPU" \
+                h2load -t1 -c"$conns" -m"$H2_STREAMS" -D"$DURATION" "$target" >"$TMP/h2load.out" 2>&1 &
+        else
+            timeout $((DURATION + 30)) taskset -c "$LOAD_CPU" \
+                wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${lua[@]}" >"$file" 2>&1 &
+        fi
         WRK_PID=$!
-        wait "$WRK_PID" || die "wrk against $server failed: $(tail -3 "$file")"
+        wait "$WRK_PID" || die "load generator against $server failed: $(tail -3 "$file" "$TMP/h2load.out" 2>/dev/null)"
+        # h2load's report, rewritten in the shape of wrk's that the lines below read: req/s,
+        # mean time per request as "50%", max as "99%", non-2xx answers.
+        [[ $case == h2c ]] && h2load_as_wrk "$TMP/h2load.out" >"$file"
         WRK_PID=
         child_ticks
         c1=$CHILD_TICKS
@@ -597,6 +615,15 @@ measure() {
     done
     printf '%s %s\n' "$line" "${flags:--}" >>"$RESULTS"
     log "  $case $label run $run: $(awk '{ printf "%s req/s, p50 %s us, p99 %s us, %s core, foreign %s", $4, $5, $6, $7, $11 }' <<<"$line") ${flags:+[$flags]}"
+}
+
+# h2load_as_wrk FILE: the figures of an h2load report as wrk prints them (see `measure`).
+h2load_as_wrk() {
+    cat "$1"
+    awk '/^finished in/ { gsub(",", "", $4); print "Requests/sec: " $4 }
+         /^requests:/ { print $2 " requests in (h2load)"; if ($10 + $12 + $14 > 0) print "Non-2xx or 3xx responses: failed " $10 }
+         /^status codes:/ { n = $7 + $9; if (n > 0) print "Non-2xx or 3xx responses: " n }
+         /^time for request:/ { print "     50%  " $6; print "     99%  " $5 }' "$1"
 }
 
 # rotate CASE RUN "label:server ..." CONNS PATH_OR_URL_SUFFIX [LUA...]: one run of each, order
@@ -684,6 +711,26 @@ if want latency; then
     prime 1 "$HOT" "${servers[@]}"
     for run in $(seq 1 "$LATENCY_RUNS"); do rotate latency "$run" "$LAT_PAIRS" 1 "$HOT"; done
     [[ $(origin_groups) == "$before" ]] || die "latency: the origin saw requests during the timed runs"
+fi
+
+# --- (2b) the hit over h2c ---------------------------------------------------------------------------
+if want h2c; then
+    H2C_PAIRS=""
+    for s in $H2C_SERVERS; do H2C_PAIRS+="$s:$s "; start "$s"; done
+    for s in $H2C_SERVERS; do
+        curl -fsS --http2-prior-knowledge -o /dev/null "$(url "$s" "$HOT")"
+        curl -fsS --http2-prior-knowledge -D "$RAW/$s-h2c.headers" -o /dev/null "$(url "$s" "$HOT")"
+        is_hit "$s" "$RAW/$s-h2c.headers" || die "$s did not answer $HOT from its cache over h2c"
+    done
+    # Both answer HTTP/2 with prior knowledge (not an HTTP/1.1 fallback).
+    for s in $H2C_SERVERS; do
+        h2load -n1 -c1 "$(url "$s" "$HOT")" 2>&1 | grep -q 'Application protocol: h2c' || die "$s does not speak h2c"
+    done
+    case_begin h2c "one hot ~600-byte record over h2c, h2load -t1 -c$CONNECTIONS -m$H2_STREAMS (p50 = mean, p99 = max)" nginx-h2c
+    before=$(origin_groups)
+    for s in $H2C_SERVERS; do timeout 30 taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNECTIONS" -m"$H2_STREAMS" -D1 "$(url "$s" "$HOT")" >/dev/null 2>&1 || true; done
+    for run in $(seq 1 "$RUNS"); do rotate h2c "$run" "$H2C_PAIRS" "$CONNECTIONS" "$HOT"; done
+    [[ $(origin_groups) == "$before" ]] || die "h2c: the origin saw requests during the timed runs"
 fi
 
 # --- (3) many keys ---------------------------------------------------------------------------------

@@ -109,6 +109,10 @@ impl App {
             coalescer: Arc::new(Coalescer::default()),
             invalidator: invalidator.clone(),
             metrics: metrics.clone(),
+            tunnels: {
+                let (upgrades, open) = metrics.tunnel_handles();
+                crate::server::Tunnels::new(Some(upgrades), Some(open))
+            },
         };
         let proxy = Arc::new(ArcSwap::from_pointee(Proxy::new(&config, &shared)));
         let admin = Admin {
@@ -202,6 +206,7 @@ impl App {
             // Outside the proxy's budget: probes are answered whatever the proxy's load.
             max_connections: None,
             metrics: Some(self.admin.metrics.listener("admin")),
+            tunnels: None,
         };
         let grace = self.config.shutdown.grace_period;
 
@@ -226,18 +231,22 @@ impl App {
         self.spawn_background();
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let proxy = self.proxy.clone();
+        let proxy_h2 = self.proxy.clone();
         let proxy_settings = ConnSettings {
             max_connections: Some(self.config.listen.max_connections),
             metrics: Some(self.admin.metrics.listener("proxy")),
+            tunnels: Some(self.shared.tunnels.clone()),
             ..settings
         };
-        let proxy_task = tokio::spawn(server::serve(
+        let proxy_task = tokio::spawn(server::serve_each(
             proxy_listener,
             proxy_settings,
             move |req, peer| {
                 // The configuration current when the request arrived serves all of it.
                 proxy.load_full().handle(req, peer)
             },
+            // The same for HTTP/2, as a handler of its own (see `server::serve_each`).
+            move |req, peer| proxy_h2.load_full().handle(req, peer),
             proxy_rx,
             grace,
         ));

@@ -31,6 +31,9 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// The upstream broke the exchange (reset, malformed response, body cut short).
     UpstreamProtocol(String),
+    /// The TLS handshake with an `https://` upstream failed (its certificate did not verify,
+    /// no common protocol version, a client certificate refused, unusable TLS settings).
+    UpstreamTls(String),
     /// The client's request body was malformed or cut short (e.g. a bad chunk size).
     ClientBody(String),
     /// The client sent no byte of its request body for `client_body_timeout`.
@@ -42,7 +45,8 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTimeout
-            | ProxyError::UpstreamProtocol(_) => Side::Upstream,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamTls(_) => Side::Upstream,
             ProxyError::ClientBody(_) | ProxyError::ClientBodyTimeout => Side::Downstream,
         }
     }
@@ -53,6 +57,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => "connect",
             ProxyError::UpstreamTimeout => "timeout",
             ProxyError::UpstreamProtocol(_) => "protocol",
+            ProxyError::UpstreamTls(_) => "tls",
             ProxyError::ClientBody(_) => "body",
             ProxyError::ClientBodyTimeout => "body_timeout",
         }
@@ -60,9 +65,9 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -76,6 +81,7 @@ impl fmt::Display for ProxyError {
             ProxyError::UpstreamConnect(e) => write!(f, "cannot connect to the upstream: {e}"),
             ProxyError::UpstreamTimeout => f.write_str("the upstream did not answer in time"),
             ProxyError::UpstreamProtocol(e) => write!(f, "the upstream broke the exchange: {e}"),
+            ProxyError::UpstreamTls(e) => write!(f, "TLS with the upstream failed: {e}"),
             ProxyError::ClientBody(e) => write!(f, "the request body is malformed: {e}"),
             ProxyError::ClientBodyTimeout => {
                 f.write_str("the client sent no request body within client_body_timeout")

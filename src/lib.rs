@@ -22,6 +22,8 @@
 //! - [`redis`]: one Redis client (standalone, Sentinel, Cluster) with timeouts and a breaker.
 //! - [`client`]: the HTTP/1.1 client to the upstream: kept-alive connections read by the
 //!   request's own task.
+//! - `tls`: rustls client settings (ring, system roots + `ca_file`) for HTTPS upstreams and
+//!   `rediss://` (the `tls` feature, on by default).
 //! - [`warmup`]: fetching configured paths through the proxy at start.
 //! - [`reload`]: config reload on file change or SIGHUP, swapping the proxy atomically.
 //! - [`app`]: wiring and the start/stop order.
@@ -53,4 +55,6 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod warmup;

@@ -64,6 +64,8 @@ pub struct Metrics {
     config_valid: IntGauge,
     connections: IntGaugeVec,
     accept_errors: IntCounterVec,
+    upgrades: IntCounter,
+    tunnels_open: IntGauge,
 }
 
 /// One listener's connection handles (`proxy` or `admin`).
@@ -275,6 +277,13 @@ impl Metrics {
             &["listener"],
         )
         .unwrap();
+        let upgrades = IntCounter::new(
+            "sidecache_upgrades_total",
+            "Upgraded connections (WebSocket and other Upgrade protocols) tunnelled to the upstream after its 101.",
+        )
+        .unwrap();
+        let tunnels_open =
+            IntGauge::new("sidecache_tunnels_open", "Upgraded connections open now.").unwrap();
         let config_valid = IntGauge::new("sidecache_config_valid", "1 if the last config load or reload was valid, 0 if a reload was rejected (the previous config keeps running).").unwrap();
         config_valid.set(1);
         let build_info = IntGaugeVec::new(
@@ -315,6 +324,8 @@ impl Metrics {
             Box::new(config_valid.clone()),
             Box::new(connections.clone()),
             Box::new(accept_errors.clone()),
+            Box::new(upgrades.clone()),
+            Box::new(tunnels_open.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -355,7 +366,14 @@ impl Metrics {
             config_valid,
             connections,
             accept_errors,
+            upgrades,
+            tunnels_open,
         }
+    }
+
+    /// The upgrade counter and the open-tunnel gauge (`server::Tunnels`).
+    pub fn tunnel_handles(&self) -> (IntCounter, IntGauge) {
+        (self.upgrades.clone(), self.tunnels_open.clone())
     }
 
     /// The connection handles of `listener` (`proxy` or `admin`).

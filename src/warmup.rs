@@ -33,6 +33,8 @@ pub async fn fetch_all(paths: &[String], concurrency: usize, proxy: SocketAddr) 
         pool_idle_timeout: Duration::from_secs(30),
         // Its answers are read, not stored: the proxy it talks to stores its own fills.
         fill_quiet: Duration::ZERO,
+        tls: None,
+        http2: false,
     });
     let host =
         http::HeaderValue::from_str(&proxy.to_string()).expect("an address is a header value");

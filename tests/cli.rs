@@ -21,7 +21,7 @@ fn check_lists_every_problem_and_fails() {
 [listen]
 proxy = "not-an-address"
 [upstream]
-url = "https://backend"
+url = "ftp://backend"
 timeout = "soon"
 [l1]
 max_bytes = "a lot"

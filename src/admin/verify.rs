@@ -232,7 +232,9 @@ async fn check_all(
     let host = HeaderValue::from_str(authority.as_str()).expect("authority is a header value");
     let client = Client::new(ClientConfig {
         host: authority.host().trim_matches(['[', ']']).to_string(),
-        port: authority.port_u16().unwrap_or(80),
+        port: authority
+            .port_u16()
+            .unwrap_or(if upstream.tls.is_some() { 443 } else { 80 }),
         connect_timeout: upstream.connect_timeout,
         timeout: upstream.timeout,
         body_timeout: upstream.timeout,
@@ -240,6 +242,9 @@ async fn check_all(
         pool_idle_timeout: Duration::from_secs(5),
         // Read to compare, never stored.
         fill_quiet: Duration::ZERO,
+        // The upstream as the proxy reaches it: TLS and HTTP/2 when configured.
+        tls: crate::proxy::forward::tls_client(upstream),
+        http2: upstream.protocol.is_h2(),
     });
     let permits = Arc::new(Semaphore::new(concurrency));
     let now = clock::now_ms();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
 use super::wire::{Chunked, Step};
@@ -20,6 +21,9 @@ pub struct UpstreamBody(Inner);
 enum Inner {
     Buffered(Option<Bytes>),
     Streaming(Box<Streaming>),
+    /// An HTTP/2 upstream's body: data and trailers as hyper reads them. Boxed: unboxed it
+    /// made every answer (hits included) larger, and moving one cost a `memcpy` call more.
+    H2(Box<hyper::body::Incoming>),
 }
 
 #[derive(Debug)]
@@ -30,6 +34,8 @@ struct Streaming {
     /// The connection may carry another request once the body has ended (`pool::may_reuse`).
     reusable: bool,
     pool: Arc<Pool>,
+    /// Trailer fields read so far (chunked bodies), sent as the last frame.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 #[derive(Debug)]
@@ -55,7 +61,12 @@ impl UpstreamBody {
             framing,
             reusable,
             pool,
+            trailers: None,
         })))
+    }
+
+    pub(super) fn h2(body: hyper::body::Incoming) -> UpstreamBody {
+        UpstreamBody(Inner::H2(Box::new(body)))
     }
 
     /// The whole body if it is already in memory, else the body as it was.
@@ -81,7 +92,10 @@ impl Streaming {
         }
     }
 
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -98,13 +112,23 @@ impl Streaming {
                     if *left == 0 {
                         self.finish();
                     }
-                    return Poll::Ready(Some(Ok(data)));
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Framing::Chunked(decoder) => match decoder.step(&mut conn.buf) {
-                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Step::Trailer(line)) => {
+                        let t = self.trailers.get_or_insert_with(Default::default);
+                        super::wire::add_trailer(t, &line);
+                        continue;
+                    }
                     Ok(Step::Done) => {
                         self.finish();
-                        return Poll::Ready(None);
+                        return Poll::Ready(
+                            self.trailers
+                                .take()
+                                .filter(|t| !t.is_empty())
+                                .map(|t| Ok(Frame::trailers(*t))),
+                        );
                     }
                     Ok(Step::NeedMore) => {}
                     Err(e) => {
@@ -113,7 +137,7 @@ impl Streaming {
                     }
                 },
                 Framing::Close if !conn.buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
                 }
                 Framing::Length(_) | Framing::Close => {}
             }
@@ -153,7 +177,10 @@ impl http_body::Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match &mut self.get_mut().0 {
             Inner::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Streaming(s) => s.poll_frame(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            Inner::Streaming(s) => s.poll_frame(cx),
+            Inner::H2(b) => Pin::new(&mut **b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(std::io::Error::other))),
         }
     }
 
@@ -161,6 +188,7 @@ impl http_body::Body for UpstreamBody {
         match &self.0 {
             Inner::Buffered(bytes) => bytes.is_none(),
             Inner::Streaming(s) => s.conn.is_none() || matches!(s.framing, Framing::Length(0)),
+            Inner::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -172,6 +200,7 @@ impl http_body::Body for UpstreamBody {
                 (Some(_), Framing::Length(left)) => SizeHint::with_exact(*left),
                 (Some(_), _) => SizeHint::new(),
             },
+            Inner::H2(b) => b.size_hint(),
         }
     }
 }

@@ -39,14 +39,16 @@
 //! removal (~700 instructions).
 
 mod body;
+mod h2;
+pub mod io;
 mod pool;
 pub mod wire;
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io as stdio;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -54,11 +56,11 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use body::Framing as BodyFraming;
 pub use body::UpstreamBody;
+use io::{poll_fill, Io};
 use pool::{Checkout, Pool};
 use wire::{Framing, RequestFraming, ResponseHead};
 
@@ -82,19 +84,62 @@ pub struct ClientConfig {
     pub pool_idle_timeout: Duration,
     /// How long a pooled connection must have been idle to carry a fill that will be stored.
     pub fill_quiet: Duration,
+    /// TLS to the upstream (`https://`); `None` in the clear.
+    pub tls: Option<TlsClient>,
+    /// HTTP/2 (`h2c`, or `h2` with `tls`) instead of the HTTP/1.1 pool.
+    pub http2: bool,
+}
+
+/// What a TLS connection needs: the connector (or why none could be built: every connect
+/// then fails with that, a 502 `upstream_tls`, and the process keeps serving the rest) and
+/// the name sent as SNI and verified.
+#[derive(Clone)]
+pub struct TlsClient {
+    #[cfg(feature = "tls")]
+    pub connector: Result<tokio_rustls::TlsConnector, String>,
+    #[cfg(feature = "tls")]
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// The TLS settings of `upstream`, offering `alpn`.
+    #[cfg(feature = "tls")]
+    pub fn new(upstream: &crate::config::UpstreamTls, alpn: &[&[u8]]) -> TlsClient {
+        let connector =
+            crate::tls::client_config(&upstream.files, alpn).map(tokio_rustls::TlsConnector::from);
+        if let Err(error) = &connector {
+            tracing::error!(%error, "Upstream TLS settings are unusable; requests will fail with 502 upstream_tls.");
+        }
+        let server_name = rustls::pki_types::ServerName::try_from(upstream.server_name.clone())
+            .unwrap_or_else(|_| {
+                rustls::pki_types::ServerName::try_from("invalid.invalid").expect("a DNS name")
+            });
+        TlsClient {
+            connector,
+            server_name,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Client {
     config: Arc<ClientConfig>,
     pool: Arc<Pool>,
+    /// The HTTP/2 connection, when `config.http2`.
+    h2: Option<Arc<h2::H2Conn>>,
 }
 
 /// One connection, what was read from it but not yet consumed, and the deadline of the
 /// answer it waits for.
 #[derive(Debug)]
 struct Conn {
-    io: TcpStream,
+    io: Io,
     buf: BytesMut,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
@@ -112,6 +157,9 @@ pub struct Outgoing<B> {
     replayable: bool,
     /// Its answer will be stored: it needs a connection nothing stray can arrive on.
     stored: bool,
+    /// It asks for a protocol upgrade (`Upgrade` + `Connection: upgrade` in the head): a
+    /// `101` answer hands the connection over ([`Upgraded`]).
+    upgrade: bool,
     started: Instant,
     /// For the complete response head, connecting included.
     deadline: Instant,
@@ -130,10 +178,35 @@ impl<B> Outgoing<B> {
         self
     }
 
+    /// Marks a request that asks for a protocol upgrade: a `101` answer is accepted and its
+    /// connection handed over in the response's extensions ([`Upgraded`]).
+    pub fn to_upgrade(mut self) -> Self {
+        self.upgrade = true;
+        self
+    }
+
     /// The head as it will be written.
     #[cfg(test)]
     pub fn head(&self) -> &[u8] {
         &self.head
+    }
+}
+
+/// The upstream connection of a `101` answer, in the response's extensions (which need
+/// `Clone`: whoever takes it first has it).
+#[derive(Clone, Debug)]
+pub struct Upgraded(Arc<std::sync::Mutex<Option<UpgradedIo>>>);
+
+/// A switched upstream connection and the bytes of the new protocol read with the `101`.
+#[derive(Debug)]
+pub struct UpgradedIo {
+    pub io: Io,
+    pub read_ahead: Bytes,
+}
+
+impl Upgraded {
+    pub fn take(&self) -> Option<UpgradedIo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -152,6 +225,7 @@ impl Client {
             config.fill_quiet,
         ));
         Client {
+            h2: config.http2.then(Default::default),
             config: Arc::new(config),
             pool,
         }
@@ -163,8 +237,8 @@ impl Client {
         req: Request<B>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
     where
-        B: HttpBody<Data = Bytes> + 'a,
-        B::Error: std::fmt::Display,
+        B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.send_encoded(self.encode(req, wire::Added::default(), Instant::now()))
     }
@@ -181,6 +255,9 @@ impl Client {
     {
         let (parts, body) = req.into_parts();
         let no_body = body.is_end_stream();
+        if self.h2.is_some() {
+            return self.encode_h2(parts, body, added, now);
+        }
         let framing = match body.size_hint().exact() {
             // A body-carrying method says "no body" explicitly (RFC 9110 §8.6).
             _ if no_body => match parts.method {
@@ -216,8 +293,40 @@ impl Client {
             body,
             replayable,
             stored: false,
+            upgrade: false,
             started: now,
             deadline: now + self.config.timeout,
+        }
+    }
+
+    /// [`Self::encode`] for an HTTP/2 upstream: the head is kept as parts, the URI's text in
+    /// `head` and the fields in `headers` (no field of its own, so that the HTTP/1.1 request is
+    /// no larger). Out of line, so that the HTTP/1.1 `encode` stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn encode_h2<B>(
+        &self,
+        parts: http::request::Parts,
+        body: B,
+        added: wire::Added<'_>,
+        now: Instant,
+    ) -> Outgoing<B> {
+        let h2::H2Head {
+            method,
+            uri,
+            headers,
+        } = h2::head(&self.config, parts, added);
+        Outgoing {
+            head: BytesMut::from(uri.to_string().as_bytes()),
+            framing: RequestFraming::Empty,
+            method,
+            headers,
+            replayable: false,
+            stored: false,
+            upgrade: false,
+            started: now,
+            deadline: now + self.config.timeout,
+            body,
         }
     }
 
@@ -228,8 +337,8 @@ impl Client {
         out: Outgoing<B>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
     where
-        B: HttpBody<Data = Bytes> + 'a,
-        B::Error: std::fmt::Display,
+        B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Outgoing {
             head,
@@ -239,6 +348,7 @@ impl Client {
             body,
             replayable,
             stored,
+            upgrade,
             started,
             deadline,
         } = out;
@@ -248,6 +358,16 @@ impl Client {
             Checkout::Newest
         };
         async move {
+            if let Some(conn) = &self.h2 {
+                let head = h2::H2Head {
+                    method,
+                    uri: http::Uri::from_maybe_shared(head.freeze()).unwrap_or_default(),
+                    headers,
+                };
+                // Boxed: rare beside the HTTP/1.1 exchange, whose state stays as it was.
+                let send = Box::pin(conn.send(&self.config, head, body, deadline));
+                return send.await;
+            }
             let mut body = std::pin::pin!(body);
             let mut fresh_only = false;
             loop {
@@ -272,12 +392,19 @@ impl Client {
                     &method,
                     &mut headers,
                     &self.config,
+                    upgrade,
                 )
                 .await;
                 match answer {
                     Ok(answer) => {
-                        let has_content =
-                            !matches!(framing, RequestFraming::Empty | RequestFraming::Length(0));
+                        // An upgrade request declined (any answer but 101) does not leave its
+                        // connection reusable either: the upstream read `Upgrade` on it, and
+                        // whether it still speaks HTTP/1.1 there is its word alone.
+                        let has_content = upgrade
+                            || !matches!(
+                                framing,
+                                RequestFraming::Empty | RequestFraming::Length(0)
+                            );
                         return Ok(self.response(conn, answer, has_content));
                     }
                     Err(f) if reused && replayable && f.nothing_received => {
@@ -296,6 +423,21 @@ impl Client {
         head: ResponseHead,
         has_content: bool,
     ) -> Response<UpstreamBody> {
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            // Only an upgrade request gets here (`parse_final`). The connection now carries
+            // another protocol: it leaves the client for the tunnel, never for the pool.
+            let mut resp = Response::new(UpstreamBody::buffered(None));
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = head.headers;
+            resp.extensions_mut()
+                .insert(Upgraded(Arc::new(std::sync::Mutex::new(Some(
+                    UpgradedIo {
+                        io: conn.io,
+                        read_ahead: conn.buf.freeze(),
+                    },
+                )))));
+            return resp;
+        }
         let reusable = pool::may_reuse(&head, has_content);
         let body = match head.framing {
             Framing::Empty => Some(Bytes::new()),
@@ -327,7 +469,20 @@ impl Client {
     /// A new connection: name resolution and TCP connect, both within `connect_timeout` and
     /// before `deadline` (the whole request's).
     async fn connect(&self, deadline: Instant) -> Result<Conn, ProxyError> {
-        let c = &self.config;
+        let io = connect(&self.config, deadline).await?;
+        Ok(Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_BUF),
+            // Registered with tokio's wheel when first polled.
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+        })
+    }
+}
+
+/// A new connection to the upstream: name resolution, TCP connect and (for `https://`) the
+/// TLS handshake, all within `connect_timeout` and before `deadline` (the whole request's).
+pub(crate) async fn connect(c: &ClientConfig, deadline: Instant) -> Result<Io, ProxyError> {
+    {
         let connect_by = (Instant::now() + c.connect_timeout).min(deadline);
         let attempt = async {
             let mut last = None;
@@ -335,31 +490,57 @@ impl Client {
                 match TcpStream::connect(addr).await {
                     Ok(io) => {
                         io.set_nodelay(true)?;
-                        return Ok(Conn {
-                            io,
-                            buf: BytesMut::with_capacity(READ_BUF),
-                            // Registered with tokio's wheel when first polled.
-                            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
-                        });
+                        return Ok(io);
                     }
                     Err(e) => last = Some(e),
                 }
             }
             Err(last.unwrap_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "the name has no address")
+                stdio::Error::new(stdio::ErrorKind::NotFound, "the name has no address")
             }))
         };
-        match tokio::time::timeout_at(connect_by.into(), attempt).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Err(_) if connect_by == deadline => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => Err(ProxyError::UpstreamConnect(format!(
-                "{}:{}: {e}",
-                c.host, c.port
-            ))),
-            Err(_) => Err(ProxyError::UpstreamConnect(format!(
-                "{}:{}: connect timed out after {:?}",
-                c.host, c.port, c.connect_timeout
-            ))),
+        let tcp = match tokio::time::timeout_at(connect_by.into(), attempt).await {
+            Ok(Ok(tcp)) => tcp,
+            Err(_) if connect_by == deadline => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                return Err(ProxyError::UpstreamConnect(format!(
+                    "{}:{}: {e}",
+                    c.host, c.port
+                )))
+            }
+            Err(_) => {
+                return Err(ProxyError::UpstreamConnect(format!(
+                    "{}:{}: connect timed out after {:?}",
+                    c.host, c.port, c.connect_timeout
+                )))
+            }
+        };
+        match &c.tls {
+            None => Ok(Io::Plain(tcp)),
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                let connector = tls
+                    .connector
+                    .as_ref()
+                    .map_err(|e| ProxyError::UpstreamTls(format!("{}:{}: {e}", c.host, c.port)))?;
+                let handshake = connector.connect(tls.server_name.clone(), tcp);
+                match tokio::time::timeout_at(connect_by.into(), handshake).await {
+                    Ok(Ok(stream)) => Ok(Io::Tls(Box::new(stream))),
+                    Err(_) if connect_by == deadline => Err(ProxyError::UpstreamTimeout),
+                    Ok(Err(e)) => Err(ProxyError::UpstreamTls(format!(
+                        "{}:{}: {e}",
+                        c.host, c.port
+                    ))),
+                    Err(_) => Err(ProxyError::UpstreamTls(format!(
+                        "{}:{}: TLS handshake timed out after {:?}",
+                        c.host, c.port, c.connect_timeout
+                    ))),
+                }
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => Err(ProxyError::UpstreamTls(
+                "this binary was built without the `tls` feature".into(),
+            )),
         }
     }
 }
@@ -367,6 +548,7 @@ impl Client {
 /// Writes the request and reads until a final response head is parsed into `headers`. The
 /// head and the wait for the answer are bounded by the connection's deadline; a body, by
 /// `body_timeout` between its pieces, and the deadline then moves to `timeout` after its end.
+#[allow(clippy::too_many_arguments)]
 async fn exchange<B>(
     conn: &mut Conn,
     head: &[u8],
@@ -375,17 +557,18 @@ async fn exchange<B>(
     method: &Method,
     headers: &mut HeaderMap,
     config: &ClientConfig,
+    upgrade: bool,
 ) -> Result<ResponseHead, Failure>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
     let Conn { io, buf, deadline } = conn;
-    let io_failure = |e: io::Error, nothing_received| Failure {
+    let io_failure = |e: stdio::Error, nothing_received| Failure {
         error: ProxyError::UpstreamProtocol(format!("upstream connection: {e}")),
         nothing_received,
     };
-    within(deadline.as_mut(), io.write_all(head))
+    within(deadline.as_mut(), write_all(io, head))
         .await
         .and_then(|r| r.map_err(|e| io_failure(e, true)))?;
     if framing != RequestFraming::Empty && !body.is_end_stream() {
@@ -403,7 +586,7 @@ where
             .reset((Instant::now() + config.timeout).into());
     }
     loop {
-        match parse_final(buf, method, headers) {
+        match parse_final(buf, method, headers, upgrade) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(error) => {
@@ -448,15 +631,21 @@ async fn within<F: Future>(
     .await
 }
 
-/// A final response head at the start of `buf`, interim (1xx) answers skipped. A `101` is an
-/// error: no upgrade was asked for, and the connection now speaks another protocol.
+/// A final response head at the start of `buf`, interim (1xx) answers skipped. A `101` is
+/// final for an upgrade request, and an error otherwise: no upgrade was asked for, and the
+/// connection now speaks another protocol.
 fn parse_final(
     buf: &mut BytesMut,
     method: &Method,
     headers: &mut HeaderMap,
+    upgrade: bool,
 ) -> Result<Option<ResponseHead>, ProxyError> {
     loop {
         match wire::parse_response_head(buf, method, headers) {
+            // Asked for: what follows the head is the new protocol's, the tunnel's to carry.
+            Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS && upgrade => {
+                return Ok(Some(head))
+            }
             Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(ProxyError::UpstreamProtocol(
                     "upstream switched protocols; upgrades are not proxied".into(),
@@ -485,7 +674,7 @@ enum Uploaded {
 /// the rest at an upstream that will not read it. Each piece of the body must come within
 /// `body_timeout`, and be taken by the upstream within `timeout`.
 async fn upload<B>(
-    io: &mut TcpStream,
+    io: &mut Io,
     buf: &mut BytesMut,
     framing: RequestFraming,
     body: Pin<&mut B>,
@@ -497,10 +686,66 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let (reader, mut writer) = io.split();
-    let reader: &TcpStream = reader.as_ref();
+    match io {
+        Io::Plain(tcp) => {
+            let (reader, mut writer) = tcp.split();
+            let reader: &TcpStream = reader.as_ref();
+            let read =
+                |buf: &mut BytesMut, cx: &mut Context<'_>| io::poll_fill_tcp(reader, buf, cx);
+            upload_with(
+                &mut writer,
+                read,
+                buf,
+                framing,
+                body,
+                method,
+                headers,
+                config,
+            )
+            .await
+        }
+        #[cfg(feature = "tls")]
+        Io::Tls(tls) => {
+            let shared = std::sync::Mutex::new(&mut **tls);
+            let mut writer = io::Locked(&shared);
+            let read = |buf: &mut BytesMut, cx: &mut Context<'_>| {
+                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                io::poll_fill_stream(&mut **s, buf, cx)
+            };
+            upload_with(
+                &mut writer,
+                read,
+                buf,
+                framing,
+                body,
+                method,
+                headers,
+                config,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload_with<B, W, R>(
+    writer: &mut W,
+    mut read: R,
+    buf: &mut BytesMut,
+    framing: RequestFraming,
+    body: Pin<&mut B>,
+    method: &Method,
+    headers: &mut HeaderMap,
+    config: &ClientConfig,
+) -> Result<Uploaded, Failure>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+    W: tokio::io::AsyncWrite + Unpin,
+    R: FnMut(&mut BytesMut, &mut Context<'_>) -> Poll<stdio::Result<usize>>,
+{
     let mut send = std::pin::pin!(send_body(
-        &mut writer,
+        writer,
         framing,
         body,
         config.body_timeout,
@@ -521,10 +766,10 @@ where
             });
         }
         loop {
-            match poll_fill(reader, buf, cx) {
+            match read(buf, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(Uploaded::Sent)),
-                Poll::Ready(Ok(_)) => match parse_final(buf, method, headers) {
+                Poll::Ready(Ok(_)) => match parse_final(buf, method, headers, false) {
                     Ok(Some(head)) => return Poll::Ready(Ok(Uploaded::Answered(head))),
                     Ok(None) => {}
                     Err(error) => {
@@ -574,8 +819,19 @@ where
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Trailers (a gRPC client's, say) fit only the chunked coding; a body of
+                // known length has no place for them.
+                if let (Ok(t), RequestFraming::Chunked) = (frame.into_trailers(), framing) {
+                    out.clear();
+                    wire::encode_last_chunk(&mut out, &t);
+                    write_within(w, &out, stall).await?;
+                    return Ok(());
+                }
+                continue;
+            }
         };
         let piece: &[u8] = if framing == RequestFraming::Chunked {
             if data.is_empty() {
@@ -599,7 +855,13 @@ async fn write_within<W>(w: &mut W, bytes: &[u8], stall: Duration) -> Result<(),
 where
     W: tokio::io::AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(stall, w.write_all(bytes)).await {
+    match tokio::time::timeout(stall, async {
+        w.write_all(bytes).await?;
+        // TLS keeps what the socket did not take; a no-op on TCP.
+        w.flush().await
+    })
+    .await
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(BodyFailure::Upstream),
         Err(_) => Err(BodyFailure::UpstreamStalled),
@@ -608,38 +870,19 @@ where
 
 impl Conn {
     /// Reads what the socket has into the buffer; `Ok(0)` is the upstream's close.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill(&self.io, &mut self.buf, cx)
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<stdio::Result<usize>> {
+        poll_fill(&mut self.io, &mut self.buf, cx)
     }
 }
 
-/// See [`Conn::poll_fill`]; apart so that a caller can hold the connection's deadline.
-fn poll_fill(io: &TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_BUF);
-    }
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        let space = buf.capacity() - buf.len();
-        let mut read = 0;
-        // A short read drained the socket. Saying so (WouldBlock inside `try_io` clears
-        // the readiness, guarded by its event tick, so no wakeup is lost) makes the next
-        // wait go to epoll instead of a read that fails with EAGAIN: one syscall less per
-        // response, as tokio's own `poll_read` does.
-        let result = io.try_io(Interest::READABLE, || {
-            read = io.try_read_buf(buf)?;
-            match read {
-                n if n > 0 && n < space => Err(io::ErrorKind::WouldBlock.into()),
-                _ => Ok(()),
-            }
-        });
-        match result {
-            Ok(()) => return Poll::Ready(Ok(read)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => {
-                return Poll::Ready(Ok(read))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Poll::Ready(Err(e)),
+/// Writes `bytes`; over TLS also pushes out what rustls still holds.
+async fn write_all(io: &mut Io, bytes: &[u8]) -> stdio::Result<()> {
+    match io {
+        Io::Plain(tcp) => tcp.write_all(bytes).await,
+        #[cfg(feature = "tls")]
+        Io::Tls(tls) => {
+            tls.write_all(bytes).await?;
+            tls.flush().await
         }
     }
 }

@@ -11,7 +11,9 @@
 //!    every caller) then gets the smuggled request's answer. Only bodiless requests (and
 //!    `Content-Length: 0`) leave a connection reusable; writes are a minority of a sidecar's
 //!    traffic, and pay one connect each. (An answer that comes before the body is all sent
-//!    also stops the upload: see `client::upload`.)
+//!    also stops the upload: see `client::upload`.) An upgrade request (`Upgrade`,
+//!    `Connection: upgrade`) counts as one with content: declined, its connection is closed;
+//!    switched (`101`), it leaves the pool's world for the tunnel.
 //! 2. **Only a definitely framed answer, read to its end** ([`may_reuse`], and
 //!    [`Pool::release`] called only when a body ended): never after a close-delimited body,
 //!    a `Connection: close`, an HTTP/1.0 answer without keep-alive, a `101`, a framing
@@ -22,7 +24,11 @@
 //! 4. **An idle connection that turned readable is closed at checkout** ([`Pool::take`],
 //!    a non-blocking peek of the socket itself, not tokio's cached readiness, which lags
 //!    the kernel until the reactor's next turn): a late duplicate, an unsolicited `408`, a
-//!    stray body, or the upstream's close.
+//!    stray body, or the upstream's close. Under TLS (`https://`) the peek is of the TCP
+//!    socket under rustls: any TLS record on an idle connection (a late answer, a
+//!    `close_notify`, a late session ticket) closes it, as a byte does in the clear; and
+//!    plaintext rustls already decrypted but nobody read (or records it received but did not
+//!    process) counts as arrived (`io::Io::has_buffered`).
 //! 5. **A fill that will be stored takes a quiet connection** ([`Checkout::Quiet`]): idle
 //!    for at least `fill_quiet` and still silent, or a new one. Rules 3 and 4 cannot see an
 //!    answer still on its way when the next request is written; a stored answer is served
@@ -91,6 +97,7 @@ impl Pool {
                 idle.remove(at)?.0
             };
             // The syscall outside the lock.
+            let mut conn = conn;
             if conn.is_silent() {
                 return Some(conn);
             }
@@ -139,11 +146,16 @@ impl Conn {
     /// non-blocking one-byte peek of the socket (one syscall). Tokio's readiness is not asked:
     /// it is only as new as the reactor's last turn, and a byte that arrived since would be
     /// read as the next request's answer.
-    pub(super) fn is_silent(&self) -> bool {
+    ///
+    /// Under TLS the peek sees records, not plaintext: any record on an idle connection (a
+    /// late answer, a close_notify, a late session ticket) closes it, as a byte does in the
+    /// clear; and what rustls decrypted or received before but nobody read (`has_buffered`)
+    /// counts as arrived.
+    pub(super) fn is_silent(&mut self) -> bool {
         let mut byte = [MaybeUninit::<u8>::uninit(); 1];
         matches!(
-            socket2::SockRef::from(&self.io).peek(&mut byte),
+            socket2::SockRef::from(self.io.tcp()).peek(&mut byte),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock
-        )
+        ) && !self.io.has_buffered()
     }
 }

@@ -117,6 +117,8 @@ fn client(port: u16) -> Client {
         pool_max_idle: 8,
         pool_idle_timeout: Duration::from_secs(60),
         fill_quiet: Duration::from_millis(50),
+        tls: None,
+        http2: false,
     })
 }
 
@@ -486,8 +488,8 @@ async fn an_idle_connection_that_turned_readable_is_never_used() {
     let arrived = async {
         loop {
             let stray = {
-                let idle = c.pool.idle.lock().unwrap();
-                idle.back().is_some_and(|(conn, _)| !conn.is_silent())
+                let mut idle = c.pool.idle.lock().unwrap();
+                idle.back_mut().is_some_and(|(conn, _)| !conn.is_silent())
             };
             if stray {
                 return;

@@ -112,6 +112,62 @@ pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
 /// The last chunk (no trailers).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// Most trailer fields kept from one body; more are dropped.
+pub const MAX_TRAILERS: usize = 32;
+
+/// Whether a trailer field may be passed on: never one that frames, routes or authenticates
+/// a message (RFC 9110 §6.5.1), nor a hop-by-hop one.
+pub fn trailer_allowed(name: &HeaderName) -> bool {
+    !(HOP_BY_HOP.contains(name)
+        || name == header::CONTENT_LENGTH
+        || name == header::CONTENT_TYPE
+        || name == header::CONTENT_ENCODING
+        || name == header::CONTENT_RANGE
+        || name == header::HOST
+        || name == header::AUTHORIZATION
+        || name == header::SET_COOKIE
+        || name == header::CACHE_CONTROL
+        || name == header::EXPIRES
+        || name == header::DATE
+        || name == header::LOCATION
+        || name == header::AGE
+        || name == header::VARY)
+}
+
+/// Adds one received trailer line (`name: value`) to `trailers`, if well formed, allowed
+/// ([`trailer_allowed`]) and under [`MAX_TRAILERS`].
+pub fn add_trailer(trailers: &mut HeaderMap, line: &[u8]) {
+    if trailers.len() >= MAX_TRAILERS {
+        return;
+    }
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return;
+    };
+    let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(&line[..colon]),
+        HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+    ) else {
+        return;
+    };
+    if trailer_allowed(&name) {
+        trailers.append(name, value);
+    }
+}
+
+/// Writes the last chunk with `trailers` (those [`trailer_allowed`]) as the trailer section.
+pub fn encode_last_chunk(out: &mut BytesMut, trailers: &HeaderMap) {
+    out.put_slice(b"0\r\n");
+    for (name, value) in trailers {
+        if trailer_allowed(name) {
+            out.put_slice(name.as_str().as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+    out.put_slice(b"\r\n");
+}
+
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -190,7 +246,13 @@ pub fn parse_response_head(
                     HeaderName::from_bytes(raw_name).map_err(|_| "bad header name".to_string())?;
                 // The answer's own hop-by-hop fields are not passed on (those of the common
                 // names, `Connection` and `Transfer-Encoding`, are consumed below).
-                if HOP_BY_HOP.contains(&name) {
+                // `Upgrade` of a 101 names the protocol switched to: the proxy's own 101
+                // downstream repeats it. `Trailer` announces the trailer fields (end to end
+                // in RFC 9110 §6.6.2; hyper sends an HTTP/1.1 client only those it names).
+                if HOP_BY_HOP.contains(&name)
+                    && !(name == header::UPGRADE && status == StatusCode::SWITCHING_PROTOCOLS)
+                    && name != header::TRAILER
+                {
                     continue;
                 }
                 name
@@ -381,12 +443,14 @@ pub enum Step {
     Data(Bytes),
     /// The buffer holds no complete next element: read more.
     NeedMore,
+    /// One line of the trailer section (`name: value`), as received.
+    Trailer(Bytes),
     /// The last chunk and the trailer section were read.
     Done,
 }
 
-/// The chunked transfer coding (RFC 9112 §7.1), decoded incrementally; trailers are read
-/// and dropped.
+/// The chunked transfer coding (RFC 9112 §7.1), decoded incrementally; each trailer line is
+/// handed out as it is read ([`Step::Trailer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunked {
     Size,
@@ -444,6 +508,8 @@ impl Chunked {
                     };
                     if line.is_empty() {
                         *self = Chunked::Done;
+                    } else {
+                        return Ok(Step::Trailer(line));
                     }
                 }
                 Chunked::Done => return Ok(Step::Done),
@@ -683,9 +749,13 @@ mod tests {
         assert_eq!(head.framing, Framing::Chunked);
         // Both framings at once: decoded as chunked, but the connection is not trusted after.
         assert!(!head.keep_alive);
-        // Only the end-to-end field is left: the body reaches the caller decoded, and a
-        // Content-Length of the coded body would frame it wrongly downstream.
-        assert_eq!(head.headers.keys().collect::<Vec<_>>(), ["x-end"]);
+        // Only the end-to-end fields are left (`Trailer` is one, RFC 9110 §6.6.2): the body
+        // reaches the caller decoded, and a Content-Length of the coded body would frame it
+        // wrongly downstream.
+        assert_eq!(
+            head.headers.keys().collect::<Vec<_>>(),
+            ["trailer", "x-end"]
+        );
     }
 
     #[test]
@@ -714,6 +784,7 @@ mod tests {
             loop {
                 match dec.step(&mut buf).unwrap() {
                     Step::Data(d) => body.extend_from_slice(&d),
+                    Step::Trailer(t) => assert_eq!(&t[..], b"X-Trailer: t"),
                     Step::NeedMore => break,
                     Step::Done => {
                         done = true;

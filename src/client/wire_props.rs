@@ -83,6 +83,7 @@ fn read(pieces: &[&[u8]]) -> Result<Option<Read>, String> {
             loop {
                 match decoder.step(&mut buf)? {
                     Step::Data(d) => body.extend_from_slice(&d),
+                    Step::Trailer(_) => {}
                     Step::Done => break,
                     Step::NeedMore => match pieces.next() {
                         Some(p) => buf.extend_from_slice(p),
@@ -139,8 +140,12 @@ proptest! {
         let mut buf = BytesMut::from(&junk[..]);
         let mut decoder = Chunked::Size;
         let mut out = 0;
-        while let Ok(Step::Data(d)) = decoder.step(&mut buf) {
-            out += d.len();
+        loop {
+            match decoder.step(&mut buf) {
+                Ok(Step::Data(d)) => out += d.len(),
+                Ok(Step::Trailer(_)) => {}
+                _ => break,
+            }
         }
         prop_assert!(out <= junk.len());
     }

@@ -53,6 +53,19 @@ pub struct UpstreamFile {
     pub pool_max_idle: Option<usize>,
     /// Forward the client's `Host` header instead of the upstream's authority. Default `false`.
     pub preserve_host: Option<bool>,
+    /// `"http/1.1"` (default), `"h2c"` (HTTP/2 with prior knowledge, `http://` URLs: gRPC
+    /// backends) or `"h2"` (HTTP/2 over TLS with ALPN, `https://` URLs).
+    pub protocol: Option<String>,
+    /// `https://` only: a PEM file of CA certificates trusted besides the system roots.
+    pub ca_file: Option<String>,
+    /// `https://` only: the name sent as SNI and checked in the certificate. Default: the
+    /// URL's host.
+    pub tls_server_name: Option<String>,
+    /// `https://` only: a PEM client certificate (chain) for backends that require mutual TLS;
+    /// needs `key_file`.
+    pub cert_file: Option<String>,
+    /// `https://` only: the PEM private key of `cert_file`.
+    pub key_file: Option<String>,
 }
 
 /// `[l1]`: the in-process cache.
@@ -191,6 +204,12 @@ pub struct L2File {
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before one probe call is let through. Default `"1s"`.
     pub breaker_open: Option<String>,
+    /// `rediss://` only: a PEM file of CA certificates trusted besides the system roots.
+    pub ca_file: Option<String>,
+    /// `rediss://` only: a PEM client certificate for mutual TLS; needs `key_file`.
+    pub cert_file: Option<String>,
+    /// `rediss://` only: the PEM private key of `cert_file`.
+    pub key_file: Option<String>,
 }
 
 /// `[limits.redis]`, `[pubsub.redis]`: a Redis of its own for rate limits or pub/sub (the
@@ -217,6 +236,12 @@ pub struct RedisFile {
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before one probe call is let through. Default `"1s"`.
     pub breaker_open: Option<String>,
+    /// `rediss://` only: a PEM file of the CAs that verify the server (then only these).
+    pub ca_file: Option<String>,
+    /// `rediss://` only: a PEM client certificate for mutual TLS; needs `key_file`.
+    pub cert_file: Option<String>,
+    /// `rediss://` only: the PEM private key of `cert_file`.
+    pub key_file: Option<String>,
 }
 
 /// `[l2.sentinel]`.

@@ -167,6 +167,8 @@ pub struct RedisConfig {
     pub password: Option<String>,
     pub breaker_failures: u32,
     pub breaker_open: Duration,
+    /// Certificate files for `rediss://` (unused with `redis://`).
+    pub tls: TlsFiles,
 }
 
 impl L2Config {
@@ -181,6 +183,7 @@ impl L2Config {
             password: self.password.clone(),
             breaker_failures: self.breaker_failures,
             breaker_open: self.breaker_open,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -198,6 +201,8 @@ pub struct L2Config {
     pub lease_wait: Duration,
     pub breaker_failures: u32,
     pub breaker_open: Duration,
+    /// Certificate files for `rediss://` (unused with `redis://`).
+    pub tls: TlsFiles,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -236,6 +241,54 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
     pub preserve_host: bool,
+    /// HTTP/1.1 (the default), or HTTP/2 (`h2c` in the clear, `h2` over TLS with ALPN).
+    pub protocol: UpstreamProtocol,
+    /// `Some` for an `https://` URL.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The upstream's HTTP version (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// `"http/1.1"`: sidecache's own pooled client.
+    #[default]
+    Http1,
+    /// `"h2c"`: HTTP/2 with prior knowledge over plain TCP (gRPC backends).
+    H2c,
+    /// `"h2"`: HTTP/2 over TLS, negotiated with ALPN.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http/1.1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+
+    pub fn is_h2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
+}
+
+/// TLS to an `https://` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub files: TlsFiles,
+    /// The name sent as SNI and checked against the certificate: the URL's host unless
+    /// `tls_server_name` says otherwise.
+    pub server_name: String,
+}
+
+/// Certificate files of a TLS client (`ca_file` is added to the system roots; `cert_file` and
+/// `key_file` are a client certificate for mutual TLS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]

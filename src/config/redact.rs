@@ -109,6 +109,7 @@ impl fmt::Debug for L2Config {
             .field("lease_wait", &self.lease_wait)
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_open", &self.breaker_open)
+            .field("tls", &self.tls)
             .finish()
     }
 }

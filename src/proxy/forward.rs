@@ -18,9 +18,12 @@ use crate::error::ProxyError;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 sidecache");
+const TE_TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
-/// Removes hop-by-hop fields, including every field named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop fields, including every field named in `Connection`. Returns whether
+/// the request said `TE: trailers` (the one hop-by-hop field the proxy speaks again: it passes
+/// trailers on).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names finds which of the fixed set are present (usually none, or
     // `Connection: keep-alive` from an upstream); only those are removed.
     let mut present = [false; HOP_COUNT];
@@ -50,11 +53,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    // `TE` is the sixth of the fixed set (checked by a test).
+    let te_trailers = present[5]
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     for (name, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
             headers.remove(name);
         }
     }
+    te_trailers
 }
 
 #[derive(Debug, Clone)]
@@ -74,13 +85,17 @@ impl Upstream {
         let host = HeaderValue::from_str(authority.as_str()).expect("authority is a header value");
         let client = Client::new(ClientConfig {
             host: authority.host().trim_matches(['[', ']']).to_string(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority
+                .port_u16()
+                .unwrap_or(if config.tls.is_some() { 443 } else { 80 }),
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
             body_timeout: config.client_body_timeout,
             pool_max_idle: config.pool_max_idle,
             pool_idle_timeout: config.pool_idle_timeout,
             fill_quiet: config.fill_quiet,
+            tls: tls_client(config),
+            http2: config.protocol.is_h2(),
         });
         Upstream {
             client,
@@ -108,11 +123,58 @@ impl Upstream {
     where
         B: http_body::Body<Data = bytes::Bytes>,
     {
+        let (own_host, extra, te) = self.forwarding(&mut req, client);
+        let added = Added {
+            host: own_host.then_some(&self.host),
+            extra: &extra[..if te { 4 } else { 3 }],
+        };
+        self.client.encode(req, added, now)
+    }
+
+    /// [`Self::encode`] for an upgrade request: `Connection: upgrade` and the client's
+    /// `Upgrade` (both hop-by-hop, so stripped with the others) are written again, and a `101`
+    /// answer hands over the connection.
+    pub fn encode_upgrade<B>(
+        &self,
+        mut req: Request<B>,
+        client: SocketAddr,
+        now: Instant,
+        upgrade: HeaderValue,
+    ) -> Outgoing<B>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+    {
+        let (own_host, [a, b, c, _], _) = self.forwarding(&mut req, client);
+        let extra = [
+            a,
+            b,
+            c,
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, upgrade),
+        ];
+        let added = Added {
+            host: own_host.then_some(&self.host),
+            extra: &extra,
+        };
+        self.client.encode(req, added, now).to_upgrade()
+    }
+
+    /// Removes the hop-by-hop fields and the client's `X-Forwarded-For` lines; returns
+    /// whether the upstream's authority replaces `Host`, the forwarding fields to add (and
+    /// `TE: trailers`, the fourth), and whether the request said `TE: trailers`.
+    // Inlined into both encoders: out of line (two callers) it cost a call and copies of the
+    // fields per forwarded request.
+    #[inline(always)]
+    fn forwarding<B>(
+        &self,
+        req: &mut Request<B>,
+        client: SocketAddr,
+    ) -> (bool, [(HeaderName, HeaderValue); 4], bool) {
         let h = req.headers_mut();
-        strip_hop_by_hop(h);
+        let te = strip_hop_by_hop(h);
         let original_host = h.get(header::HOST);
         let (address, forwarded) = forwarding_values(client.ip(), original_host);
-        let host = (!self.preserve_host || original_host.is_none()).then_some(&self.host);
+        let own_host = !self.preserve_host || original_host.is_none();
         // One `X-Forwarded-For` line: the client's list (all its lines) and this client.
         // Looked up first: `entry` would make room for a field even when there is none.
         let xff = match h.contains_key(&X_FORWARDED_FOR) {
@@ -122,16 +184,16 @@ impl Upstream {
                 Entry::Vacant(_) => address,
             },
         };
-        let extra = [
-            (X_FORWARDED_FOR, xff),
-            (header::FORWARDED, forwarded),
-            (header::VIA, VIA_VALUE),
-        ];
-        let added = Added {
-            host,
-            extra: &extra,
-        };
-        self.client.encode(req, added, now)
+        (
+            own_host,
+            [
+                (X_FORWARDED_FOR, xff),
+                (header::FORWARDED, forwarded),
+                (header::VIA, VIA_VALUE),
+                (header::TE, TE_TRAILERS),
+            ],
+            te,
+        )
     }
 
     /// Sends an encoded request; the timeout covers the wait for the response head. The
@@ -142,6 +204,22 @@ impl Upstream {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
         self.client.send_encoded(out)
     }
+}
+
+/// The TLS settings of an `https://` upstream, offering the protocol configured (ALPN).
+/// The TLS side of a client to `[upstream]` (`None` for `http://`): shared with the admin's
+/// verify, which must reach the upstream the way the proxy does.
+pub(crate) fn tls_client(config: &UpstreamConfig) -> Option<crate::client::TlsClient> {
+    #[cfg(feature = "tls")]
+    return config.tls.as_ref().map(|t| {
+        let alpn: &[&[u8]] = match config.protocol.is_h2() {
+            true => &[b"h2"],
+            false => &[b"http/1.1"],
+        };
+        crate::client::TlsClient::new(t, alpn)
+    });
+    #[cfg(not(feature = "tls"))]
+    return config.tls.as_ref().map(|_| crate::client::TlsClient {});
 }
 
 /// The values of `prev`, then `address`, as one comma-separated list.
@@ -231,7 +309,8 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        assert!(strip_hop_by_hop(&mut h), "TE: trailers is reported");
+        assert_eq!(HOP_BY_HOP[5], header::TE);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
 
@@ -257,6 +336,8 @@ mod tests {
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
             preserve_host,
+            protocol: Default::default(),
+            tls: None,
         })
     }
 

@@ -33,6 +33,10 @@ pub(super) fn check<B>(req: &Request<B>) -> Option<http::Response<Body>> {
     let problem = match (hosts.next(), hosts.next()) {
         (Some(_), None) => return None,
         (None, _) if req.version() < Version::HTTP_11 => return None,
+        // HTTP/2 carries the authority in `:authority` (the URI); `handle` copied it to Host.
+        (None, _) if req.version() == Version::HTTP_2 && req.uri().authority().is_some() => {
+            return None
+        }
         (None, _) => "an HTTP/1.1 request needs a Host header",
         (Some(_), Some(_)) => "more than one Host header",
     };

@@ -100,6 +100,9 @@ struct Inner {
 impl Redis {
     /// Creates the client and starts connecting in the background.
     pub fn start(config: &RedisConfig, metrics: Arc<Metrics>) -> Redis {
+        // The redis crate builds its rustls configs with the process default provider.
+        #[cfg(feature = "tls")]
+        crate::tls::install_provider();
         let inner = Arc::new(Inner {
             config: config.clone(),
             conn: RwLock::new(None),
@@ -308,12 +311,67 @@ fn with_auth(info: redis::ConnectionInfo, config: &RedisConfig) -> redis::Connec
     info.set_redis_settings(settings)
 }
 
+/// A client for `info`, with the configured certificates (`l2.ca_file`, `l2.cert_file`) when
+/// it is a `rediss://` address.
+fn client(info: redis::ConnectionInfo, config: &RedisConfig) -> redis::RedisResult<redis::Client> {
+    #[cfg(feature = "tls")]
+    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        if let Some(certs) = certificates(config)? {
+            return redis::Client::build_with_tls(info, certs);
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = config;
+    redis::Client::open(info)
+}
+
+/// The scheme of the master's address learnt from Sentinel: TLS when the sentinels are.
+fn sentinel_scheme(config: &RedisConfig) -> &'static str {
+    match &config.target {
+        RedisTarget::Sentinel { nodes, .. } if nodes.iter().any(|n| n.starts_with("rediss://")) => {
+            "rediss"
+        }
+        _ => "redis",
+    }
+}
+
+/// The `l2` certificate files as the redis crate takes them, or `None` when there are none
+/// (then the system roots verify the server). With `ca_file`, the redis crate trusts that
+/// file's CAs only.
+#[cfg(feature = "tls")]
+fn certificates(config: &RedisConfig) -> redis::RedisResult<Option<redis::TlsCertificates>> {
+    let files = &config.tls;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            redis::RedisError::from(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", p.display()),
+            ))
+        })
+    };
+    let client_tls = match (&files.cert_file, &files.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = files.ca_file.as_deref().map(read).transpose()?;
+    if client_tls.is_none() && root_cert.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
 /// Connects; for Sentinel also returns the master's address it connected to.
 async fn connect(config: &RedisConfig) -> redis::RedisResult<(Conn, Option<String>)> {
     match &config.target {
         RedisTarget::Standalone(url) => {
             let info = with_auth(url.as_str().into_connection_info()?, config);
-            let client = redis::Client::open(info)?;
+            let client = client(info, config)?;
             let mgr = ConnectionManager::new_lazy_with_config(
                 client,
                 ConnectionManagerConfig::new()
@@ -335,6 +393,10 @@ async fn connect(config: &RedisConfig) -> redis::RedisResult<(Conn, Option<Strin
             }
             if let Some(p) = &config.password {
                 b = b.password(p);
+            }
+            #[cfg(feature = "tls")]
+            if let Some(certs) = certificates(config)? {
+                b = b.certs(certs);
             }
             let conn = tokio::time::timeout(
                 config.connect_timeout * 4,
@@ -371,6 +433,34 @@ fn sentinel_client(config: &RedisConfig) -> redis::RedisResult<SentinelClient> {
     else {
         unreachable!("sentinel_client on a non-sentinel target");
     };
+    #[cfg(feature = "tls")]
+    if nodes.iter().any(|n| n.starts_with("rediss://")) {
+        // Over TLS, to the sentinels and to the master alike (`rediss+sentinel://`).
+        let addrs = nodes
+            .iter()
+            .map(|n| n.as_str().into_connection_info().map(|i| i.addr().clone()))
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let mut b = redis::sentinel::SentinelClientBuilder::new(
+            addrs,
+            master_name.clone(),
+            SentinelServerType::Master,
+        )?
+        .set_client_to_redis_db(*db)
+        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if let Some(u) = &config.username {
+            b = b.set_client_to_redis_username(u);
+        }
+        if let Some(p) = &config.password {
+            b = b.set_client_to_redis_password(p);
+        }
+        if let Some(certs) = certificates(config)? {
+            b = b
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_certificates(certs);
+        }
+        return b.build();
+    }
     let mut settings = redis::RedisConnectionInfo::default().set_db(*db);
     if let Some(u) = &config.username {
         settings = settings.set_username(u);
@@ -393,14 +483,14 @@ pub async fn pubsub_connection(config: &RedisConfig) -> redis::RedisResult<redis
         RedisTarget::Standalone(url) => vec![url.clone()],
         RedisTarget::Cluster(nodes) => nodes.clone(),
         RedisTarget::Sentinel { .. } => match sentinel_master(config).await? {
-            Some(addr) => vec![format!("redis://{addr}")],
+            Some(addr) => vec![format!("{}://{addr}", sentinel_scheme(config))],
             None => return Err((redis::ErrorKind::Io, "sentinel knows no master").into()),
         },
     };
     let mut last = None;
     for url in urls {
         let info = with_auth(url.as_str().into_connection_info()?, config);
-        let attempt = async { redis::Client::open(info)?.get_async_pubsub().await };
+        let attempt = async { client(info, config)?.get_async_pubsub().await };
         match tokio::time::timeout(config.connect_timeout, attempt).await {
             Ok(Ok(p)) => return Ok(p),
             Ok(Err(e)) => last = Some(e),
@@ -421,7 +511,7 @@ async fn sentinel_master(config: &RedisConfig) -> redis::RedisResult<Option<Stri
     let mut last_err = None;
     for node in nodes {
         let attempt = async {
-            let client = redis::Client::open(node.as_str())?;
+            let client = client(node.as_str().into_connection_info()?, config)?;
             let mut c = client.get_multiplexed_async_connection().await?;
             let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use tokio::sync::Notify;
 
 /// The stop signal of one listener's connections.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Drain {
     shared: Arc<Shared>,
 }
@@ -53,6 +53,34 @@ where
 {
     fn finish(self: Pin<&mut Self>) {
         // In-flight requests complete; an idle keep-alive connection closes at once.
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Finish for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Finish for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        // GOAWAY: streams in flight complete, no new ones are accepted.
         self.graceful_shutdown();
     }
 }

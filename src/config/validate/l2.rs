@@ -1,13 +1,13 @@
 //! `[l2]` and `[l2.sentinel]`: which Redis holds the shared tier.
 
 use super::{check, duration};
-use crate::config::{file, redact_url, L2Config, RedisConfig, RedisTarget};
+use crate::config::{file, redact_url, L2Config, RedisConfig, RedisTarget, TlsFiles};
 
 fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
     use redis::IntoConnectionInfo;
-    if text.starts_with("rediss://") {
+    if cfg!(not(feature = "tls")) && text.starts_with("rediss://") {
         e.push(format!(
-            "{key}: `rediss://` (TLS) is not built into this binary; terminate TLS in the mesh or use redis://"
+            "{key}: `rediss://` (TLS) needs the `tls` feature, which this binary was built without"
         ));
     } else if let Err(err) = text.into_connection_info() {
         let shown = redact_url(text);
@@ -19,9 +19,20 @@ fn redis_url(e: &mut Vec<String>, key: &str, text: &str) {
 fn sentinel_url(url: &str) -> Result<RedisTarget, String> {
     // Errors show the URL without its password.
     let text = redact_url(url);
-    let rest = url
-        .strip_prefix("redis+sentinel://")
-        .ok_or_else(|| format!("`{text}` is not a redis+sentinel:// URL"))?;
+    // `rediss+sentinel://`: the sentinels and the master are both reached over TLS.
+    let (rest, scheme) = match url.strip_prefix("rediss+sentinel://") {
+        Some(rest) if cfg!(feature = "tls") => (rest, "rediss"),
+        Some(_) => {
+            return Err(format!(
+                "`{text}`: TLS needs the `tls` feature, which this binary was built without"
+            ))
+        }
+        None => (
+            url.strip_prefix("redis+sentinel://")
+                .ok_or_else(|| format!("`{text}` is not a redis+sentinel:// URL"))?,
+            "redis",
+        ),
+    };
     let (hosts, path) = rest.split_once('/').ok_or_else(|| {
         format!("`{text}`: write redis+sentinel://host:port,host:port/master_name")
     })?;
@@ -39,7 +50,7 @@ fn sentinel_url(url: &str) -> Result<RedisTarget, String> {
     let nodes: Vec<String> = hosts
         .split(',')
         .filter(|h| !h.is_empty())
-        .map(|h| format!("redis://{h}"))
+        .map(|h| format!("{scheme}://{h}"))
         .collect();
     if nodes.is_empty() {
         return Err(format!("`{text}`: no sentinel hosts"));
@@ -66,6 +77,9 @@ pub(super) fn validate(
         password_env: f.password_env,
         breaker_failures: f.breaker_failures,
         breaker_open: f.breaker_open,
+        ca_file: f.ca_file,
+        cert_file: f.cert_file,
+        key_file: f.key_file,
     };
     let redis = validate_redis("l2", "l2", conn, env, e);
     let prefix = f.prefix.unwrap_or_else(|| "sidecache".into());
@@ -90,6 +104,7 @@ pub(super) fn validate(
         lease_wait,
         breaker_failures: redis.breaker_failures,
         breaker_open: redis.breaker_open,
+        tls: redis.tls,
     }
 }
 
@@ -112,7 +127,7 @@ pub(super) fn validate_redis(
         ));
     }
     let target = if let Some(url) = f.url {
-        if url.starts_with("redis+sentinel://") {
+        if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
             check(
                 e,
                 &format!("{at}.url"),
@@ -167,8 +182,28 @@ pub(super) fn validate_redis(
         // through. Refused rather than silently raised to 1, so the file says what runs.
         e.push(format!("{at}.breaker_failures: must be at least 1"));
     }
+    let tls = TlsFiles {
+        ca_file: f.ca_file.map(Into::into),
+        cert_file: f.cert_file.map(Into::into),
+        key_file: f.key_file.map(Into::into),
+    };
+    let uses_tls = match &target {
+        RedisTarget::Standalone(url) => url.starts_with("rediss://"),
+        RedisTarget::Cluster(nodes) | RedisTarget::Sentinel { nodes, .. } => {
+            nodes.iter().any(|n| n.starts_with("rediss://"))
+        }
+    };
+    if uses_tls {
+        #[cfg(feature = "tls")]
+        crate::tls::check_files(at, &tls, e);
+    } else if tls != TlsFiles::default() {
+        e.push(format!(
+            "{at}.ca_file, {at}.cert_file, {at}.key_file: only for rediss:// URLs"
+        ));
+    }
     RedisConfig {
         role,
+        tls,
         target,
         timeout,
         connect_timeout: duration(
