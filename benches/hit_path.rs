@@ -116,6 +116,9 @@ fn group_entry() -> Entry {
         stored_at_ms: clock::now_ms(),
         initial_age: 0,
         ttl_ms: 3_600_000,
+        grace_ms: 0,
+        swr_ms: 0,
+        soft_purged: false,
     };
     let tags = ["group:VIP", "group:VIP:EURUSD"];
     Entry::new(meta, &h, &body, &tags, PATH)
@@ -214,7 +217,7 @@ fn benches(c: &mut Criterion) {
                     ttl_left_secs,
                     Served::Hit,
                 )),
-                Freshness::Stale => None,
+                Freshness::Stale { .. } | Freshness::Expired => None,
             }
         })
     });

@@ -24,6 +24,10 @@ pub enum FillState {
     /// The upstream failed for the leader; followers answer with the same error rather than
     /// queue up behind one another against a backend that is down.
     Failed(ProxyError),
+    /// The upstream answered with a server error and the leader served a stale entry
+    /// within its grace (stale-if-error): followers serve it too while L1 still holds it,
+    /// else fetch for themselves.
+    Stale(u16),
     /// The leader went away without an answer; try again.
     Abandoned,
 }

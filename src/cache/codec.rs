@@ -1,8 +1,9 @@
 //! The L2 entry format: compact, binary, versioned.
 //!
 //! ```text
-//! "SC" version:u8=1
+//! "SC" version:u8=2
 //! status:u16 stored_at_ms:u64 initial_age:u64 ttl_ms:u64 last_modified:u64
+//! grace_ms:u64 swr_ms:u64 flags:u8 (bit 0: soft purged)          (version 2 only)
 //! etag:(u16 len, bytes)
 //! headers:u16 count, each (u16 name len, name, u32 value len, value)
 //! tags:u16 count, each (u16 len, bytes)
@@ -10,7 +11,9 @@
 //! body:(u32 len, bytes)
 //! ```
 //! All integers big-endian. A reader meets an unknown version or any inconsistency as a
-//! [`DecodeError`] and treats the value as a miss; the next fill overwrites it.
+//! [`DecodeError`] and treats the value as a miss; the next fill overwrites it. Version 1
+//! (no grace) is still read, as an entry without grace; pods that only know version 1 read
+//! version 2 as a miss.
 //!
 //! The format does not follow L1's packed layout (`entry.rs`): it is the contract between pods
 //! of different versions sharing one Redis, and rebuilding the packed form costs one copy of a
@@ -22,7 +25,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use super::{Entry, Meta};
 
 const MAGIC: &[u8; 2] = b"SC";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The format before grace: read, never written.
+const VERSION_1: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -42,6 +47,9 @@ pub fn encode(e: &Entry) -> Bytes {
     b.put_u64(e.initial_age());
     b.put_u64(e.ttl_ms());
     b.put_u64(e.last_modified());
+    b.put_u64(e.grace_ms());
+    b.put_u64(e.swr_ms());
+    b.put_u8(u8::from(e.soft_purged()));
     put16(&mut b, e.etag());
     // What every answer adds (`Age`, `Cache-Status`) is not stored, as in version 1's writers.
     b.put_u16(e.headers().count() as u16);
@@ -109,8 +117,9 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     if buf.len() < 3 || &buf[..2] != MAGIC {
         return Err(DecodeError::NotAnEntry);
     }
-    if buf[2] != VERSION {
-        return Err(DecodeError::UnknownVersion(buf[2]));
+    let version = buf[2];
+    if version != VERSION && version != VERSION_1 {
+        return Err(DecodeError::UnknownVersion(version));
     }
     let mut r = Reader { buf, pos: 3 };
     let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Invalid("status"))?;
@@ -118,6 +127,15 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     let initial_age = r.u64()?;
     let ttl_ms = r.u64()?;
     let last_modified = r.u64()?;
+    let (grace_ms, swr_ms, flags) = if version == VERSION {
+        let (g, w) = (r.u64()?, r.u64()?);
+        (g, w, r.take(1)?[0])
+    } else {
+        (0, 0, 0)
+    };
+    if swr_ms > grace_ms || flags > 1 {
+        return Err(DecodeError::Invalid("grace"));
+    }
     let etag =
         HeaderValue::from_maybe_shared(r.bytes16()?).map_err(|_| DecodeError::Invalid("etag"))?;
     let n = r.u16()? as usize;
@@ -153,6 +171,9 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
         stored_at_ms,
         initial_age,
         ttl_ms,
+        grace_ms,
+        swr_ms,
+        soft_purged: flags & 1 != 0,
     };
     Ok(Entry::new(meta, &headers, &body, &tags, path))
 }
@@ -173,6 +194,9 @@ mod tests {
             stored_at_ms: 1_700_000_000_123,
             initial_age: 3,
             ttl_ms: 60_000,
+            grace_ms: 30_000,
+            swr_ms: 10_000,
+            soft_purged: true,
         };
         let tags = ["group:VIP", "group:VIP:EURUSD"];
         Entry::new(
@@ -230,6 +254,7 @@ mod tests {
         b.put_slice(b"ok");
         let d = decode(b.freeze()).unwrap();
         assert_eq!(d.stored_at_ms(), 5);
+        assert_eq!((d.grace_ms(), d.swr_ms(), d.soft_purged()), (0, 0, false));
         assert_eq!(d.last_modified(), 7);
         assert_eq!(d.etag(), b"\"e\"");
         assert_eq!(&d.body()[..], b"ok");

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! [stored_at_ms: u64] [ttl_ms: u64] [last_modified: u32] [initial_age: u32] [status: u16]
-//! [etag: u16] [path_at: u32] [body_at: u32]
+//! [etag: u16] [path_at: u32] [body_at: u32] [grace_ms: u64] [swr_ms: u64] [soft_purged: u8]
 //! [value ends: u32 each] [field values] [tags: (u16 len, bytes) each] [path] [body]
 //! ```
 //!
@@ -43,6 +43,14 @@ pub struct Meta {
     pub initial_age: u64,
     /// Freshness lifetime in milliseconds, counted from `stored_at_ms - initial_age`.
     pub ttl_ms: u64,
+    /// How long past `ttl_ms` the entry is kept and may be served stale (stale-if-error);
+    /// 0: never stale. See `stale.rs`.
+    pub grace_ms: u64,
+    /// The first part of the grace in which it is also served at once while one refresh runs
+    /// (stale-while-revalidate); at most `grace_ms`.
+    pub swr_ms: u64,
+    /// Marked stale by a soft purge (its lifetime was cut to the purge).
+    pub soft_purged: bool,
 }
 
 #[derive(Clone)]
@@ -72,8 +80,11 @@ const STATUS: usize = 24;
 const ETAG: usize = 26;
 const PATH_AT: usize = 28;
 const BODY_AT: usize = 32;
+const GRACE: usize = 36;
+const SWR: usize = 44;
+const SOFT_PURGED: usize = 52;
 /// Where the value ends begin.
-const HEAD: usize = 36;
+const HEAD: usize = 53;
 
 /// Every allocation costs malloc's chunk header and rounding on top of what was asked for
 /// (glibc: 8 bytes of header, 16-byte granularity).
@@ -150,6 +161,9 @@ impl Entry {
         put(&mut buf, ETAG, &etag.to_le_bytes());
         put(&mut buf, PATH_AT, &path_at.to_le_bytes());
         put(&mut buf, BODY_AT, &body_at.to_le_bytes());
+        put(&mut buf, GRACE, &meta.grace_ms.to_le_bytes());
+        put(&mut buf, SWR, &meta.swr_ms.min(meta.grace_ms).to_le_bytes());
+        buf[SOFT_PURGED] = u8::from(meta.soft_purged);
         Entry {
             shape,
             // One exactly sized copy: the vector's allocation goes, the entry's stays.
@@ -164,7 +178,46 @@ impl Entry {
             stored_at_ms: self.stored_at_ms(),
             initial_age: self.initial_age(),
             ttl_ms: self.ttl_ms(),
+            grace_ms: self.grace_ms(),
+            swr_ms: self.swr_ms(),
+            soft_purged: self.soft_purged(),
         }
+    }
+
+    /// See [`Meta`].
+    pub fn grace_ms(&self) -> u64 {
+        self.u64_at(GRACE)
+    }
+
+    pub fn swr_ms(&self) -> u64 {
+        self.u64_at(SWR)
+    }
+
+    pub fn soft_purged(&self) -> bool {
+        self.data[SOFT_PURGED] != 0
+    }
+
+    /// A copy marked stale at `now_ms` (a soft purge): its freshness ends now if later, its
+    /// grace ends no later than before (repeated soft purges never lengthen a life), and all
+    /// of what is left of it serves while one refresh runs. `None` when it has no grace
+    /// left: then it is simply gone.
+    pub fn soft_purged_at(&self, now_ms: u64) -> Option<Entry> {
+        let age = policy::age_ms(self.stored_at_ms(), self.initial_age(), now_ms);
+        let grace_end = self.ttl_ms().saturating_add(self.grace_ms());
+        let ttl_ms = self.ttl_ms().min(age);
+        let grace_ms = grace_end.min(age.saturating_add(self.grace_ms())) - ttl_ms;
+        if ttl_ms + grace_ms <= age {
+            return None;
+        }
+        let mut data = self.data.to_vec();
+        put(&mut data, TTL, &ttl_ms.to_le_bytes());
+        put(&mut data, GRACE, &grace_ms.to_le_bytes());
+        put(&mut data, SWR, &grace_ms.to_le_bytes());
+        data[SOFT_PURGED] = 1;
+        Some(Entry {
+            shape: self.shape.clone(),
+            data: Arc::from(data),
+        })
     }
 
     pub fn status(&self) -> StatusCode {
@@ -194,8 +247,17 @@ impl Entry {
             self.stored_at_ms(),
             self.initial_age(),
             self.ttl_ms(),
+            (self.grace_ms(), self.swr_ms()),
             now_ms,
         )
+    }
+
+    /// Milliseconds it is still kept at `now_ms`: its freshness and then its grace; 0 after.
+    pub fn keep_left_ms(&self, now_ms: u64) -> u64 {
+        let age_ms = policy::age_ms(self.stored_at_ms(), self.initial_age(), now_ms);
+        self.ttl_ms()
+            .saturating_add(self.grace_ms())
+            .saturating_sub(age_ms)
     }
 
     /// Milliseconds of freshness left at `now_ms`; 0 once stale.
@@ -340,7 +402,45 @@ mod tests {
             stored_at_ms: 2,
             initial_age: 3,
             ttl_ms: 4,
+            grace_ms: 5,
+            swr_ms: 2,
+            soft_purged: false,
         }
+    }
+
+    #[test]
+    fn soft_purge_cuts_the_lifetime_and_never_lengthens_the_grace() {
+        let m = Meta {
+            stored_at_ms: 1_000,
+            initial_age: 0,
+            ttl_ms: 60_000,
+            grace_ms: 30_000,
+            swr_ms: 0,
+            ..meta()
+        };
+        let e = Entry::new(m, &HeaderMap::new(), b"x", &["t"], "/p");
+        // Purged while fresh, 10 s in: stale now, 30 s of grace from now, all of it SWR.
+        let p = e.soft_purged_at(11_000).unwrap();
+        assert_eq!(
+            (p.ttl_ms(), p.grace_ms(), p.swr_ms()),
+            (10_000, 30_000, 30_000)
+        );
+        assert!(p.soft_purged() && !e.soft_purged());
+        assert_eq!(&p.body()[..], b"x");
+        assert!(p.tags().eq(["t"]));
+        // Purged again 20 s later: the grace still ends at 41 s, not later.
+        let q = p.soft_purged_at(31_000).unwrap();
+        assert_eq!(q.keep_left_ms(31_000), 10_000);
+        // Purged past its grace (or with none): gone.
+        assert!(e.soft_purged_at(91_000).is_none());
+        let none = Entry::new(
+            Meta { grace_ms: 0, ..m },
+            &HeaderMap::new(),
+            b"x",
+            &["t"],
+            "",
+        );
+        assert!(none.soft_purged_at(2_000).is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod l1;
 pub mod l2;
 pub mod policy;
 pub mod shape;
+pub mod stale;
 
 pub use coalesce::{Coalescer, FillState, Join};
 pub use entry::{Entry, Meta};
@@ -42,10 +43,18 @@ pub enum CacheOutcome {
     Limited,
     /// Refused by sidecache as malformed (400) before any cache work.
     Rejected,
+    /// Served from a stale entry within its grace while one background refresh runs
+    /// (stale-while-revalidate).
+    Stale,
+    /// Served from a stale entry within its grace because the upstream failed
+    /// (stale-if-error: connect error, timeout, 5xx).
+    StaleError,
+    /// Served from an entry a soft purge marked stale, while one refresh runs.
+    SoftPurged,
 }
 
 impl CacheOutcome {
-    pub const ALL: [CacheOutcome; 9] = [
+    pub const ALL: [CacheOutcome; 12] = [
         Self::Hit,
         Self::HitL2,
         Self::Miss,
@@ -55,6 +64,9 @@ impl CacheOutcome {
         Self::Error,
         Self::Limited,
         Self::Rejected,
+        Self::Stale,
+        Self::StaleError,
+        Self::SoftPurged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +80,9 @@ impl CacheOutcome {
             Self::Error => "error",
             Self::Limited => "limited",
             Self::Rejected => "rejected",
+            Self::Stale => "stale",
+            Self::StaleError => "stale_error",
+            Self::SoftPurged => "soft_purged",
         }
     }
 }

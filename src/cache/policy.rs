@@ -70,12 +70,25 @@ pub struct CacheControl {
     pub private: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// RFC 9111 §5.2.2.2 / §5.2.2.8: never served stale (with `s-maxage`, which implies
+    /// `proxy-revalidate` in a shared cache, §5.2.2.10).
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    /// RFC 5861 windows, in seconds: serve stale while one refresh runs / when the origin fails.
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
 }
 
 impl CacheControl {
     pub fn parse(headers: &HeaderMap) -> CacheControl {
+        Self::parse_field(headers, &header::CACHE_CONTROL)
+    }
+
+    /// The directives of one field with `Cache-Control` syntax (`CDN-Cache-Control`,
+    /// `Surrogate-Control` and other targeted fields, RFC 9213, parse alike).
+    pub fn parse_field(headers: &HeaderMap, field: &header::HeaderName) -> CacheControl {
         let mut cc = CacheControl::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
+        for value in headers.get_all(field) {
             let Ok(text) = value.to_str() else {
                 // Unreadable directives: assume the strictest reading.
                 cc.no_store = true;
@@ -99,12 +112,41 @@ impl CacheControl {
                     cc.max_age = Some(seconds().unwrap_or(0));
                 } else if name.eq_ignore_ascii_case("s-maxage") {
                     cc.s_maxage = Some(seconds().unwrap_or(0));
+                } else if name.eq_ignore_ascii_case("must-revalidate") {
+                    cc.must_revalidate = true;
+                } else if name.eq_ignore_ascii_case("proxy-revalidate") {
+                    cc.proxy_revalidate = true;
+                } else if name.eq_ignore_ascii_case("stale-while-revalidate") {
+                    // Unparseable: no window (the strict reading).
+                    cc.stale_while_revalidate = Some(seconds().unwrap_or(0));
+                } else if name.eq_ignore_ascii_case("stale-if-error") {
+                    cc.stale_if_error = Some(seconds().unwrap_or(0));
                 }
             }
         }
         cc
     }
 }
+
+/// The directives sidecache obeys for storing a response on `route` (RFC 9213): the first of
+/// the route's targeted field (default `Sidecache-Cache-Control`), `CDN-Cache-Control` and
+/// `Surrogate-Control` that the response carries, in place of `Cache-Control`; else
+/// `Cache-Control`.
+pub fn effective_cache_control(route: &RouteConfig, headers: &HeaderMap) -> CacheControl {
+    let fixed = [CDN_CACHE_CONTROL, SURROGATE_CONTROL];
+    for field in route.targeted_cache_control.iter().chain(fixed.iter()) {
+        if headers.contains_key(field) {
+            return CacheControl::parse_field(headers, field);
+        }
+    }
+    CacheControl::parse(headers)
+}
+
+/// RFC 9213's field for every CDN-like cache, and the older Edge Architecture one.
+pub const CDN_CACHE_CONTROL: header::HeaderName =
+    header::HeaderName::from_static("cdn-cache-control");
+pub const SURROGATE_CONTROL: header::HeaderName =
+    header::HeaderName::from_static("surrogate-control");
 
 /// Decides whether a response on `route` may be stored, and its freshness lifetime.
 pub fn storability(
@@ -118,7 +160,7 @@ pub fn storability(
     if headers.contains_key(header::SET_COOKIE) {
         return Err(NoStoreReason::SetCookie);
     }
-    let cc = CacheControl::parse(headers);
+    let cc = effective_cache_control(route, headers);
     if cc.no_store {
         return Err(NoStoreReason::NoStore);
     }
@@ -157,15 +199,40 @@ pub fn storability(
     Ok(ttl)
 }
 
-/// How an entry stands at `now`.
+/// How an entry stands at `now`: the one state enum of a stored entry. Its strings feed logs
+/// and `explain`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
     /// Usable: its `Age` and the seconds of freshness left.
-    Fresh {
+    Fresh { age_secs: u64, ttl_left_secs: u64 },
+    /// Past its freshness lifetime but within its grace: served when the origin fails
+    /// (stale-if-error) and, if `while_revalidate`, at once while one refresh runs
+    /// (stale-while-revalidate).
+    Stale {
         age_secs: u64,
-        ttl_left_secs: u64,
+        grace_left_secs: u64,
+        while_revalidate: bool,
     },
-    Stale,
+    /// Past its grace (or it had none): never served.
+    Expired,
+}
+
+impl Freshness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fresh { .. } => "fresh",
+            Self::Stale {
+                while_revalidate: true,
+                ..
+            } => "stale_while_revalidate",
+            Self::Stale { .. } => "stale_if_error",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn is_fresh(self) -> bool {
+        matches!(self, Self::Fresh { .. })
+    }
 }
 
 /// The age in milliseconds at `now_ms` of an entry stored at `stored_at_ms`, already
@@ -175,16 +242,32 @@ pub fn age_ms(stored_at_ms: u64, initial_age: u64, now_ms: u64) -> u64 {
 }
 
 /// Freshness of an entry stored at `stored_at_ms` (already `initial_age` old then) with a
-/// lifetime of `ttl_ms`, seen at `now_ms`.
-pub fn freshness(stored_at_ms: u64, initial_age: u64, ttl_ms: u64, now_ms: u64) -> Freshness {
+/// lifetime of `ttl_ms`, kept `grace_ms` past it (served at once, while refreshing, during
+/// the first `swr_ms` of that), seen at `now_ms`.
+pub fn freshness(
+    stored_at_ms: u64,
+    initial_age: u64,
+    ttl_ms: u64,
+    grace: (u64, u64),
+    now_ms: u64,
+) -> Freshness {
+    let (grace_ms, swr_ms) = grace;
     let age_ms = age_ms(stored_at_ms, initial_age, now_ms);
-    if age_ms >= ttl_ms {
-        Freshness::Stale
-    } else {
-        Freshness::Fresh {
+    if age_ms < ttl_ms {
+        return Freshness::Fresh {
             age_secs: age_ms / 1000,
             ttl_left_secs: (ttl_ms - age_ms) / 1000,
+        };
+    }
+    let past = age_ms - ttl_ms;
+    if past < grace_ms {
+        Freshness::Stale {
+            age_secs: age_ms / 1000,
+            grace_left_secs: (grace_ms - past) / 1000,
+            while_revalidate: past < swr_ms,
         }
+    } else {
+        Freshness::Expired
     }
 }
 
@@ -322,23 +405,43 @@ mod tests {
     #[test]
     fn freshness_over_time() {
         assert_eq!(
-            freshness(1_000, 0, 60_000, 1_000),
+            freshness(1_000, 0, 60_000, (0, 0), 1_000),
             Freshness::Fresh {
                 age_secs: 0,
                 ttl_left_secs: 60
             }
         );
         assert_eq!(
-            freshness(1_000, 5, 60_000, 11_000),
+            freshness(1_000, 5, 60_000, (0, 0), 11_000),
             Freshness::Fresh {
                 age_secs: 15,
                 ttl_left_secs: 45
             }
         );
-        assert_eq!(freshness(1_000, 0, 60_000, 61_000), Freshness::Stale);
+        assert_eq!(
+            freshness(1_000, 0, 60_000, (0, 0), 61_000),
+            Freshness::Expired
+        );
+        // Within grace: stale; within the revalidate window, served at once.
+        assert_eq!(
+            freshness(1_000, 0, 60_000, (30_000, 10_000), 65_000),
+            Freshness::Stale {
+                age_secs: 64,
+                grace_left_secs: 26,
+                while_revalidate: true
+            }
+        );
+        assert_eq!(
+            freshness(1_000, 0, 60_000, (30_000, 10_000), 75_000).as_str(),
+            "stale_if_error"
+        );
+        assert_eq!(
+            freshness(1_000, 0, 60_000, (30_000, 10_000), 91_000),
+            Freshness::Expired
+        );
         // A clock that steps back never makes an entry younger than its initial age.
         assert_eq!(
-            freshness(10_000, 2, 60_000, 5_000),
+            freshness(10_000, 2, 60_000, (0, 0), 5_000),
             Freshness::Fresh {
                 age_secs: 2,
                 ttl_left_secs: 58

@@ -6,8 +6,10 @@
 //!                           ├─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
 //!                           └─ cached route ─┬─ a body, or no identity ─→ forward uncached (Cache-Status says why)
 //!                                            └─ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
+//!                                                                 ├─ stale, in grace ─→ respond + one background refresh   (stale.rs)
 //!                                                                 └─ miss ─→ coalesce ─┬─ leader ─→ forward (quiet connection) ─→ store? ─→ respond
 //!                                                                                      └─ follower ─→ wait ─→ respond
+//! fill fails (connect, timeout, 5xx) with a stale entry in grace in L1 ─→ respond stale (stale.rs)
 //! errors anywhere ─→ rescue (502 / 504 JSON naming the failing side; 400 / 408 for the client's body)
 //! ```
 //!
@@ -19,6 +21,7 @@ pub mod forward;
 mod refuse;
 pub mod rescue;
 pub mod respond;
+mod stale;
 mod write;
 
 use std::future::Future;
@@ -259,7 +262,7 @@ impl Proxy {
 
     /// A request past admission: denied (a 429, answered), or on to [`Self::step`].
     fn admitted(
-        &self,
+        self: &Arc<Self>,
         denied: Option<&(String, u64)>,
         req: Request<Incoming>,
         client: SocketAddr,
@@ -316,7 +319,7 @@ impl Proxy {
 
     /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup. A
     /// forwarded request's timeout runs from `start`.
-    fn step(&self, req: Request<Incoming>, client: SocketAddr, start: Instant) -> Step {
+    fn step(self: &Arc<Self>, req: Request<Incoming>, client: SocketAddr, start: Instant) -> Step {
         if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
             return Step::Write(self.upstream.encode(req, client, start), write);
         }
@@ -359,7 +362,10 @@ impl Proxy {
                 outcome: CacheOutcome::Hit,
                 route: Some(route.id),
             }),
-            None => Step::Miss(req, route.clone(), key),
+            None => match self.stale_hit(&route, key, &req, client) {
+                Some(answer) => Step::Answered(answer),
+                None => Step::Miss(req, route.clone(), key),
+            },
         }
     }
 
@@ -427,7 +433,7 @@ impl Proxy {
                         return (resp, CacheOutcome::Hit);
                     }
                     let tags = render_tags(route, &req);
-                    let (found, lease) = await_boxed!(self.l2_lookup(key, &tags));
+                    let (found, lease) = await_boxed!(self.l2_lookup(key, &tags, ticket));
                     if let Some(entry) = found {
                         if let Some(answer) = self.promote(key, entry, req.headers(), ticket) {
                             guard.complete(FillState::Done(answer.1));
@@ -453,7 +459,9 @@ impl Proxy {
                                     age_secs,
                                     ttl_left_secs,
                                 } => (age_secs, ttl_left_secs),
-                                Freshness::Stale => (entry.ttl_ms() / 1000, 0),
+                                Freshness::Stale { .. } | Freshness::Expired => {
+                                    (entry.ttl_ms() / 1000, 0)
+                                }
                             };
                             let served = Served::Collapsed {
                                 fwd_status: entry.status().as_u16(),
@@ -469,7 +477,22 @@ impl Proxy {
                             return (resp, CacheOutcome::Collapsed);
                         }
                         FillState::Failed(error) => {
-                            return (rescue::rescue(&error), CacheOutcome::Error)
+                            let (status, detail) = (error.status().as_u16(), error.kind());
+                            if let Some(stale) =
+                                self.stale_on_error(&key, req.headers(), status, detail)
+                            {
+                                return stale;
+                            }
+                            return (rescue::rescue(&error), CacheOutcome::Error);
+                        }
+                        FillState::Stale(status) => {
+                            let detail = "upstream_status";
+                            if let Some(stale) =
+                                self.stale_on_error(&key, req.headers(), status, detail)
+                            {
+                                return stale;
+                            }
+                            return await_boxed!(self.fetch_uncoalesced(req, client, route, rm));
                         }
                         FillState::Pass => {
                             return await_boxed!(self.fetch_uncoalesced(req, client, route, rm))
@@ -501,16 +524,19 @@ impl Proxy {
                     respond::from_entry(&entry, headers, head, age_secs, ttl_left_secs, served);
                 Some((resp, entry))
             }
-            Freshness::Stale => None,
+            Freshness::Stale { .. } | Freshness::Expired => None,
         }
     }
 
     /// After an L1 miss: the entry from L2, or else the fill lease (when this pod won it),
     /// or else the entry another pod's fill put in L2 while we waited.
+    /// A stale entry within its grace is put in L1 (unless an invalidation since `ticket`
+    /// forbids), where stale-if-error finds it should the fill fail.
     async fn l2_lookup(
         &self,
         key: CacheKey,
         tags: &[String],
+        ticket: FillTicket,
     ) -> (Option<Entry>, Option<(L2Key, String)>) {
         let Some(l2) = &self.l2 else {
             return (None, None);
@@ -524,8 +550,12 @@ impl Proxy {
         if let L2Read::Hit(entry) = read {
             // Redis expires by its own clock: an entry a few ms past its freshness is a miss,
             // and this pod competes for the lease to refill it.
-            if is_fresh(&entry, clock::now_ms()) {
-                return (Some(*entry), None);
+            match entry.freshness(clock::now_ms()) {
+                Freshness::Fresh { .. } => return (Some(*entry), None),
+                Freshness::Stale { .. } => {
+                    self.l1.insert_fill(key, *entry, ticket);
+                }
+                Freshness::Expired => {}
             }
         }
         match l2.acquire(&l2key).await {
@@ -571,14 +601,18 @@ impl Proxy {
     }
 
     /// The leader's fill: forward, decide, buffer, store, answer.
-    async fn fill(
+    async fn fill<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         client: SocketAddr,
         route: &Arc<Route>,
         rm: &RouteMetrics,
         fill: Fill,
-    ) -> (Response<Body>, CacheOutcome) {
+    ) -> (Response<Body>, CacheOutcome)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
         let Fill {
             key,
             tags,
@@ -612,12 +646,24 @@ impl Proxy {
         let resp = match self.forward(out, rm).await {
             Ok(resp) => resp,
             Err(error) => {
+                let (status, detail) = (error.status().as_u16(), error.kind());
                 guard.complete(FillState::Failed(error.clone()));
+                if let Some(stale) = self.stale_on_error(&key, &client_headers, status, detail) {
+                    return stale;
+                }
                 return (rescue::rescue(&error), CacheOutcome::Error);
             }
         };
         let (mut parts, body) = resp.into_parts();
         let status = parts.status.as_u16();
+        if status >= 500 {
+            if let Some(stale) =
+                self.stale_on_error(&key, &client_headers, status, "upstream_status")
+            {
+                guard.complete(FillState::Stale(status));
+                return stale;
+            }
+        }
 
         let ttl = policy::storability(&route.config, status, &parts.headers).and_then(|ttl| {
             match content_length(&parts.headers) {
@@ -629,6 +675,7 @@ impl Proxy {
             Ok(ttl) => ttl,
             Err(reason) => {
                 guard.complete(FillState::Pass);
+                stale::strip_fields(&route.config, &mut parts.headers);
                 self.metrics.not_stored(rm, reason.as_str());
                 parts
                     .headers
@@ -666,12 +713,17 @@ impl Proxy {
             Err(error) => {
                 self.metrics.upstream_error(rm, error.kind());
                 tracing::warn!(route = %route.config.name, %error, "Upstream body failed.");
+                let (status, detail) = (error.status().as_u16(), error.kind());
                 guard.complete(FillState::Failed(error.clone()));
+                if let Some(stale) = self.stale_on_error(&key, &client_headers, status, detail) {
+                    return stale;
+                }
                 return (rescue::rescue(&error), CacheOutcome::Error);
             }
         };
 
         let now = clock::now_ms();
+        let (tags, l1_only) = stale::with_origin_tags(&route.config, &parts.headers, tags);
         let entry = build_entry(route, path, parts, body, ttl, tags, now);
         if !self.l1.insert_fill(key, entry.clone(), ticket) {
             // An invalidation overlapped this fill, so what it read may predate a write. This
@@ -685,8 +737,12 @@ impl Proxy {
             return (resp, CacheOutcome::Uncacheable);
         }
         guard.complete(FillState::Done(entry.clone()));
-        if let (Some(l2), Some((l2key, token))) = (&self.l2, lease.take()) {
-            l2.put(&l2key, &token, &entry, now).await;
+        // Tags the lease did not register keep an entry out of L2 (`with_origin_tags`); the
+        // lease guard gives the lease back.
+        if let (Some(l2), false) = (&self.l2, l1_only) {
+            if let Some((l2key, token)) = lease.take() {
+                l2.put(&l2key, &token, &entry, now).await;
+            }
         }
         let left = entry.ttl_left_ms(now) / 1000;
         let served = Served::Stored { fwd_status: status };
@@ -756,11 +812,15 @@ impl Proxy {
 
     /// Streams a request to the upstream and returns its response head, counting duration
     /// and errors.
-    fn forward<'a>(
+    fn forward<'a, B>(
         &'a self,
-        out: Outgoing<Incoming>,
+        out: Outgoing<B>,
         rm: &'a RouteMetrics,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
+    where
+        B: http_body::Body<Data = Bytes> + 'a,
+        B::Error: std::fmt::Display,
+    {
         let started = out.started();
         let sent = self.upstream.send(out);
         sent.map(move |result| {
@@ -781,7 +841,7 @@ impl Proxy {
     }
 }
 
-fn render_tags(route: &Route, req: &Request<Incoming>) -> Vec<String> {
+fn render_tags<B>(route: &Route, req: &Request<B>) -> Vec<String> {
     let m = &route.config.matcher;
     let path = req.uri().path().strip_prefix('/').unwrap_or_default();
     crate::route::match_segments(&m.segments, path)
@@ -826,10 +886,6 @@ impl Drop for LeaseGuard {
             tokio::spawn(async move { l2.release(&key, &token).await });
         }
     }
-}
-
-fn is_fresh(e: &Entry, now_ms: u64) -> bool {
-    matches!(e.freshness(now_ms), Freshness::Fresh { .. })
 }
 
 fn l2_read_label(r: &L2Read) -> &'static str {
@@ -897,6 +953,8 @@ fn build_entry(
     let last_modified = http_date(header::LAST_MODIFIED)
         .or_else(|| http_date(header::DATE))
         .unwrap_or(now_ms / 1000);
+    let (grace_ms, swr_ms) = crate::cache::stale::grace(&route.config, &headers);
+    stale::strip_fields(&route.config, &mut headers);
     if let Some(cc) = &route.config.cache_control {
         headers.insert(header::CACHE_CONTROL, cc.clone());
     }
@@ -907,6 +965,9 @@ fn build_entry(
         stored_at_ms: now_ms,
         initial_age,
         ttl_ms: ttl.as_millis() as u64,
+        grace_ms,
+        swr_ms,
+        soft_purged: false,
     };
     // The entry copies what it keeps into one buffer of its own, so no slice of hyper's read
     // buffer stays alive (measured: 100,000 small entries once held ~690 MiB that way); it

@@ -159,6 +159,30 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         .map(|h| header_name(e, &format!("{at}.vary"), h))
         .collect();
 
+    let grace = check(
+        e,
+        &format!("{at}.grace"),
+        units::parse_duration(r.grace.as_deref().unwrap_or("0s")),
+        Duration::ZERO,
+    );
+    let max_grace = check(
+        e,
+        &format!("{at}.max_grace"),
+        units::parse_duration(r.max_grace.as_deref().unwrap_or("5m")),
+        Duration::ZERO,
+    );
+    let optional_name = |e: &mut Vec<String>, key: &str, text: Option<String>, default: &str| {
+        let text = text.unwrap_or_else(|| default.to_string());
+        (!text.is_empty()).then(|| header_name(e, &format!("{at}.{key}"), &text))
+    };
+    let targeted_cache_control = optional_name(
+        e,
+        "targeted_cache_control",
+        r.targeted_cache_control,
+        "sidecache-cache-control",
+    );
+    let surrogate_key = optional_name(e, "surrogate_key", r.surrogate_key, "surrogate-key");
+
     Some(RouteConfig {
         name,
         matcher: matcher?,
@@ -171,6 +195,12 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         statuses,
         vary,
         ignore_query: r.ignore_query.unwrap_or_default(),
+        grace,
+        max_grace,
+        targeted_cache_control,
+        strip_targeted: r.strip_targeted.unwrap_or(false),
+        surrogate_key,
+        strip_surrogate_key: r.strip_surrogate_key.unwrap_or(true),
     })
 }
 
