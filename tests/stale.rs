@@ -447,3 +447,44 @@ async fn targeted_cache_control_and_surrogate_keys() {
     assert!(sc.get(PATH).await.header("cache-status").contains("stored"));
     assert_eq!(origin.hits(), 3);
 }
+
+/// A stale identity-scoped entry is its caller's only: the key holds the identity, so another
+/// caller never gets it, not even when the origin is down.
+#[tokio::test]
+async fn identity_scoped_stale_entries_go_to_their_own_caller_only() {
+    let origin = Origin::start(|req| {
+        let who = req.headers["authorization"].to_str().unwrap().to_string();
+        Reply::json(format!("balance of {who}"))
+            .header("cache-control", "max-age=1, stale-if-error=60")
+    })
+    .await;
+    let extra = r#"
+[[route]]
+name = "balance"
+match = "GET /api/users/{id}/balance"
+ttl = "1h"
+scope = "identity"
+"#;
+    let sc = Sidecache::start(&origin, extra).await;
+    let path = "/api/users/7/balance";
+    let alice = [("authorization", "Bearer alice")];
+    let bob = [("authorization", "Bearer bob")];
+    assert_eq!(
+        sc.get_with(path, &alice).await.text(),
+        "balance of Bearer alice"
+    );
+    origin.kill().await;
+    let stale = eventually(Duration::from_secs(5), async || {
+        sc.get_with(path, &alice)
+            .await
+            .header("cache-status")
+            .contains("stale-if-error")
+    })
+    .await;
+    assert!(stale);
+    let r = sc.get_with(path, &alice).await;
+    assert_eq!(r.text(), "balance of Bearer alice");
+    let r = sc.get_with(path, &bob).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(!r.text().contains("alice"));
+}
