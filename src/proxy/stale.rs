@@ -20,6 +20,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderMap;
@@ -124,6 +125,9 @@ impl Proxy {
         req: &Request<Incoming>,
         client: SocketAddr,
     ) {
+        if !self.coalescer.refresh_allowed(&key, Instant::now()) {
+            return;
+        }
         let Join::Leader(guard) = self.coalescer.join(key) else {
             return;
         };
@@ -178,10 +182,16 @@ impl Proxy {
         };
         let (resp, outcome) = self.fill(req, client, &route, rm, fill).await;
         let status = resp.status().as_u16();
-        if outcome == CacheOutcome::Uncacheable && status < 500 {
-            // The origin answered, with something that may not be stored: the stale entry
-            // no longer stands for it.
-            self.l1.invalidate(&[], &[key]);
+        match outcome {
+            CacheOutcome::Uncacheable if status < 500 => {
+                // The origin answered, with something that may not be stored: the stale
+                // entry no longer stands for it.
+                self.l1.invalidate(&[], &[key]);
+            }
+            CacheOutcome::Error | CacheOutcome::StaleError | CacheOutcome::Uncacheable => {
+                self.coalescer.refresh_failed(key, Instant::now());
+            }
+            _ => {}
         }
         tracing::debug!(route = %route.config.name, %key, status, outcome = outcome.as_str(), "Background refresh done.");
     }
