@@ -488,3 +488,46 @@ scope = "identity"
     assert_eq!(r.status, 502, "{r:?}");
     assert!(!r.text().contains("alice"));
 }
+
+/// A soft purge reaches the other pods and Redis: every pod serves the marked entry while one
+/// refresh (across both pods) runs.
+#[tokio::test]
+async fn soft_purge_reaches_every_pod_and_refreshes_once() {
+    let redis = RedisServer::start();
+    let backend = Backend::new("");
+    let origin = backend.origin().await;
+    let extra = format!(
+        "{}[pubsub]\nheartbeat = \"100ms\"\n{}{}",
+        l2_standalone(&redis.url()),
+        admin_token("soft-pods"),
+        route("1h", "30s"),
+    );
+    let a = Sidecache::start(&origin, &extra).await;
+    let b = Sidecache::start(&origin, &extra).await;
+    assert_eq!(a.get(PATH).await.text(), "v1");
+    assert!(b.get(PATH).await.header("cache-status").contains("l2"));
+    backend.set(PATH, "v2");
+    backend.set_mode(Mode::Slow(Duration::from_millis(500)));
+    let r = purge(&a, r#"{"keys":["/api/groups/VIP/EURUSD"],"soft":true}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let marked = eventually(Duration::from_secs(5), async || {
+        state(&b, PATH).await == "stale_while_revalidate"
+    })
+    .await;
+    assert!(marked, "the other pod never marked its copy");
+    for pod in [&a, &b] {
+        let r = pod.get(PATH).await;
+        assert!(
+            r.text() == "v2" || r.header("cache-status").contains("soft-purged"),
+            "{r:?}"
+        );
+    }
+    for pod in [&a, &b] {
+        let refreshed = eventually(Duration::from_secs(5), async || {
+            pod.get(PATH).await.text() == "v2"
+        })
+        .await;
+        assert!(refreshed);
+    }
+    assert_eq!(backend.gets(), 2, "one fill, one refresh across both pods");
+}

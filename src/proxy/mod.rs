@@ -362,7 +362,7 @@ impl Proxy {
                 outcome: CacheOutcome::Hit,
                 route: Some(route.id),
             }),
-            None => match self.stale_hit(&route, key, &req, client) {
+            None => match self.stale_hit(route, key, &req, client) {
                 Some(answer) => Step::Answered(answer),
                 None => Step::Miss(req, route.clone(), key),
             },

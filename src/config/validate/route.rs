@@ -40,6 +40,21 @@ pub(super) fn warnings(routes: &[RouteConfig]) -> Vec<String> {
     w
 }
 
+/// Grace longer than L1 keeps anything: the rest of it is served from L2 only (or, without
+/// L2, not at all).
+pub(super) fn grace_warnings(routes: &[RouteConfig], l1_max_age: Duration) -> Vec<String> {
+    routes
+        .iter()
+        .filter(|r| r.grace > l1_max_age)
+        .map(|r| {
+            format!(
+                "route `{}`: grace {:?} is longer than l1.max_age {:?}: L1 keeps no entry longer, the rest of the grace is served from L2 only",
+                r.name, r.grace, l1_max_age
+            )
+        })
+        .collect()
+}
+
 fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<RouteConfig> {
     let name = match r.name {
         Some(n)
