@@ -531,3 +531,35 @@ async fn soft_purge_reaches_every_pod_and_refreshes_once() {
     }
     assert_eq!(backend.gets(), 2, "one fill, one refresh across both pods");
 }
+
+/// A background refresh that read the old value before a write was acknowledged must not
+/// store it afterwards: the write's invalidation wins, and only the new value is served.
+#[tokio::test]
+async fn a_refresh_racing_a_write_stores_nothing() {
+    let backend = Backend::new("");
+    let origin = backend.origin().await;
+    let sc = Sidecache::start(&origin, &route("300ms", "1h")).await;
+    assert_eq!(sc.get(PATH).await.text(), "v1");
+    wait_state(&sc, PATH, "stale_while_revalidate").await;
+    // The origin reads the value when the request arrives and answers 800 ms later.
+    backend.set_mode(Mode::Slow(Duration::from_millis(800)));
+    assert_eq!(sc.get(PATH).await.text(), "v1", "stale, refresh started");
+    let arrived = eventually(Duration::from_secs(5), async || backend.gets() == 2).await;
+    assert!(arrived, "the refresh never reached the origin");
+    let w = sc
+        .request(Method::PUT, "/api/superadmin/groups/VIP/EURUSD", &[], "v2")
+        .await;
+    assert_eq!(w.status, 200);
+    // From here on only v2: the read right after the write, and after the refresh (which
+    // carries v1) has come back.
+    assert_eq!(sc.get(PATH).await.text(), "v2");
+    let done = eventually(Duration::from_secs(5), async || {
+        state(&sc, PATH).await != "absent" || backend.gets() >= 3
+    })
+    .await;
+    assert!(done);
+    backend.set_mode(Mode::Up);
+    for _ in 0..5 {
+        assert_eq!(sc.get(PATH).await.text(), "v2");
+    }
+}
