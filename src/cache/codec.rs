@@ -282,5 +282,19 @@ mod tests {
         let mut extra = full.to_vec();
         extra.push(0);
         assert!(decode(Bytes::from(extra)).is_err());
+        // A hostile or broken writer's grace: a revalidate window past the grace, or unknown
+        // flags, is not an entry.
+        let mut bad = full.to_vec();
+        bad[3 + 2 + 8 * 5] = 0xff; // swr_ms's high byte: now longer than grace_ms
+        assert_eq!(
+            decode(Bytes::from(bad)).unwrap_err(),
+            DecodeError::Invalid("grace")
+        );
+        let mut flags = full.to_vec();
+        flags[3 + 2 + 8 * 6] = 4;
+        assert_eq!(
+            decode(Bytes::from(flags)).unwrap_err(),
+            DecodeError::Invalid("grace")
+        );
     }
 }
