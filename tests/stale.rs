@@ -563,3 +563,38 @@ async fn a_refresh_racing_a_write_stores_nothing() {
         assert_eq!(sc.get(PATH).await.text(), "v2");
     }
 }
+
+/// In Redis, a soft purge leaves a marked copy (a pod that never saw the entry serves it when
+/// the origin fails); a hard purge leaves nothing.
+#[tokio::test]
+async fn redis_keeps_a_soft_purged_copy_and_no_hard_purged_one() {
+    let redis = RedisServer::start();
+    let backend = Backend::new("");
+    let origin = backend.origin().await;
+    let extra = format!(
+        "{}[pubsub]\nheartbeat = \"100ms\"\n{}{}",
+        l2_standalone(&redis.url()),
+        admin_token("soft-l2"),
+        route("1h", "30s"),
+    );
+    let a = Sidecache::start(&origin, &extra).await;
+    let other = "/api/groups/STD/EURUSD";
+    assert_eq!(a.get(PATH).await.text(), "v1");
+    assert_eq!(a.get(other).await.text(), "v1");
+    backend.set_mode(Mode::Failing);
+    assert_eq!(
+        purge(&a, r#"{"tags":["group:VIP"],"soft":true}"#)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(purge(&a, r#"{"tags":["group:STD"]}"#).await.status, 200);
+    let b = Sidecache::start(&origin, &extra).await;
+    let r = b.get(PATH).await;
+    assert_eq!((r.status, r.text()), (200, "v1"), "{r:?}");
+    assert!(r.header("cache-status").contains("fwd=stale"), "{r:?}");
+    let r = b.get(other).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    let r = a.get(other).await;
+    assert_eq!(r.status, 503, "{r:?}");
+}
