@@ -598,3 +598,34 @@ async fn redis_keeps_a_soft_purged_copy_and_no_hard_purged_one() {
     let r = a.get(other).await;
     assert_eq!(r.status, 503, "{r:?}");
 }
+
+/// A pod that only finds the entry in Redis, past its freshness but in its grace, answers it
+/// at once and refreshes it in the background; the other pod then takes the refresh from
+/// Redis instead of asking the origin again.
+#[tokio::test]
+async fn a_stale_entry_found_in_redis_is_answered_at_once_and_refreshed_once() {
+    let redis = RedisServer::start();
+    let backend = Backend::new("");
+    let origin = backend.origin().await;
+    let extra = format!("{}{}", l2_standalone(&redis.url()), route("300ms", "30s"));
+    let a = Sidecache::start(&origin, &extra).await;
+    let b = Sidecache::start(&origin, &extra).await;
+    assert_eq!(a.get(PATH).await.text(), "v1");
+    wait_state(&a, PATH, "stale_while_revalidate").await;
+    backend.set(PATH, "v2");
+    backend.set_mode(Mode::Slow(Duration::from_millis(800)));
+    let r = b.get(PATH).await;
+    assert_eq!((r.status, r.text()), (200, "v1"), "{r:?}");
+    assert_eq!(
+        r.header("cache-status"),
+        "sidecache; hit; fwd=stale; detail=stale-while-revalidate"
+    );
+    for pod in [&b, &a] {
+        let refreshed = eventually(Duration::from_secs(5), async || {
+            pod.get(PATH).await.text() == "v2"
+        })
+        .await;
+        assert!(refreshed);
+    }
+    assert_eq!(backend.gets(), 2, "one fill, one refresh");
+}

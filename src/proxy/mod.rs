@@ -370,7 +370,7 @@ impl Proxy {
     }
 
     /// Whatever [`Self::step`] left to do that waits on the network.
-    async fn proceed(&self, step: Step, client: SocketAddr) -> Answer {
+    async fn proceed(self: &Arc<Self>, step: Step, client: SocketAddr) -> Answer {
         let (route, (response, outcome)) = match step {
             Step::Answered(answer) => return answer,
             Step::Pass(out) => return self.pass_through(out).await,
@@ -406,7 +406,7 @@ impl Proxy {
 
     /// After an L1 miss on a cached route: coalesce → (L2 | fill).
     async fn cached(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
         route: &Arc<Route>,
@@ -433,11 +433,20 @@ impl Proxy {
                         return (resp, CacheOutcome::Hit);
                     }
                     let tags = render_tags(route, &req);
-                    let (found, lease) = await_boxed!(self.l2_lookup(key, &tags, ticket));
+                    let (found, lease, stale_now) =
+                        await_boxed!(self.l2_lookup(key, &tags, ticket, req.headers()));
                     if let Some(entry) = found {
                         if let Some(answer) = self.promote(key, entry, req.headers(), ticket) {
                             guard.complete(FillState::Done(answer.1));
                             return (answer.0, CacheOutcome::HitL2);
+                        }
+                    }
+                    if stale_now {
+                        // A stale entry from L2, in its revalidate window (now in L1): answered
+                        // at once, and this fill becomes its background refresh.
+                        if let Some(answer) = self.stale_answer(&key, &req) {
+                            self.spawn_refresh(route, key, &req, client, guard);
+                            return answer;
                         }
                     }
                     let fill = Fill {
@@ -532,18 +541,21 @@ impl Proxy {
     /// or else the entry another pod's fill put in L2 while we waited.
     /// A stale entry within its grace is put in L1 (unless an invalidation since `ticket`
     /// forbids), where stale-if-error finds it should the fill fail.
+    /// One that `request` may have at once (stale-while-revalidate) is returned on at once
+    /// (`true`): the caller serves it from L1 and refreshes it in the background.
     async fn l2_lookup(
         &self,
         key: CacheKey,
         tags: &[String],
         ticket: FillTicket,
-    ) -> (Option<Entry>, Option<(L2Key, String)>) {
+        request: &HeaderMap,
+    ) -> (Option<Entry>, Option<(L2Key, String)>, bool) {
         let Some(l2) = &self.l2 else {
-            return (None, None);
+            return (None, None, false);
         };
         let Some(l2key) = l2.key(key, tags).await else {
             self.metrics.l2_lookup("unavailable");
-            return (None, None);
+            return (None, None, false);
         };
         let read = l2.get(&l2key).await;
         self.metrics.l2_lookup(l2_read_label(&read));
@@ -551,15 +563,27 @@ impl Proxy {
             // Redis expires by its own clock: an entry a few ms past its freshness is a miss,
             // and this pod competes for the lease to refill it.
             match entry.freshness(clock::now_ms()) {
-                Freshness::Fresh { .. } => return (Some(*entry), None),
-                Freshness::Stale { .. } => {
-                    self.l1.insert_fill(key, *entry, ticket);
+                Freshness::Fresh { .. } => return (Some(*entry), None, false),
+                f @ Freshness::Stale { .. } => {
+                    let stored = self.l1.insert_fill(key, *entry, ticket);
+                    let now = crate::cache::stale::for_request(f, request);
+                    if stored
+                        && matches!(
+                            now,
+                            Freshness::Stale {
+                                while_revalidate: true,
+                                ..
+                            }
+                        )
+                    {
+                        return (None, None, true);
+                    }
                 }
                 Freshness::Expired => {}
             }
         }
         match l2.acquire(&l2key).await {
-            Lease::Acquired(token) => (None, Some((l2key, token))),
+            Lease::Acquired(token) => (None, Some((l2key, token)), false),
             Lease::Busy => {
                 let filled = l2.wait_for_fill(&l2key).await;
                 self.metrics.l2_lease_wait(if filled.is_some() {
@@ -567,9 +591,9 @@ impl Proxy {
                 } else {
                     "timeout"
                 });
-                (filled, None)
+                (filled, None, false)
             }
-            Lease::Unavailable => (None, None),
+            Lease::Unavailable => (None, None, false),
         }
     }
 

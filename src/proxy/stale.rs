@@ -62,8 +62,23 @@ impl Proxy {
         req: &Request<Incoming>,
         client: SocketAddr,
     ) -> Option<Answer> {
+        let (response, outcome) = self.stale_answer(&key, req)?;
+        self.refresh_in_background(route, key, req, client);
+        Some(Answer {
+            response,
+            outcome,
+            route: Some(route.id),
+        })
+    }
+
+    /// The answer from the entry of `key` in L1 if `req` may have it stale at once.
+    pub(super) fn stale_answer(
+        &self,
+        key: &CacheKey,
+        req: &Request<Incoming>,
+    ) -> Option<(Response<Body>, CacheOutcome)> {
         let now = clock::now_ms();
-        let entry = self.l1.get(&key, now)?;
+        let entry = self.l1.get(key, now)?;
         let Freshness::Stale {
             age_secs,
             while_revalidate: true,
@@ -72,7 +87,6 @@ impl Proxy {
         else {
             return None;
         };
-        self.refresh_in_background(route, key, req, client);
         let soft_purged = entry.soft_purged();
         let head = req.method() == Method::HEAD;
         let response = respond::from_entry(
@@ -88,11 +102,7 @@ impl Proxy {
         } else {
             CacheOutcome::Stale
         };
-        Some(Answer {
-            response,
-            outcome,
-            route: Some(route.id),
-        })
+        Some((response, outcome))
     }
 
     /// The answer when the upstream failed (`fwd_status`: what it answered, or what
@@ -131,6 +141,19 @@ impl Proxy {
         let Join::Leader(guard) = self.coalescer.join(key) else {
             return;
         };
+        self.spawn_refresh(route, key, req, client, guard);
+    }
+
+    /// Runs the refresh of `key` that `guard` (the lead of its coalescing) allows, in a task of
+    /// its own.
+    pub(super) fn spawn_refresh(
+        self: &Arc<Self>,
+        route: &Arc<Route>,
+        key: CacheKey,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+        guard: FillGuard,
+    ) {
         // The request's own fields: they make the same key (identity, Vary fields), so the
         // refresh fetches what this caller would.
         let (uri, headers) = (req.uri().clone(), req.headers().clone());
