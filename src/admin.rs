@@ -308,7 +308,7 @@ impl Admin {
             );
         };
         let route = &m.route.config;
-        let tags = crate::route::render_tags(&route.tags, &route.matcher.params, &m.params);
+        let tags = crate::invalidate::uri::entry_tags(route, &m.params, path);
         let mut out = json!({
             "url": url,
             "route": route.name,

@@ -13,7 +13,8 @@
 //! - [`proxy`]: the request phases (route → key → lookup → coalesce → forward → store →
 //!   respond) and the one place errors become responses.
 //! - [`cache`]: keys, pure freshness, grace and storability policy, entries, L1, coalescing.
-//! - [`invalidate`]: write-through rules, events, admin purges, the cross-pod channel and gaps.
+//! - [`invalidate`]: write-through rules, the URI tags of unsafe methods (RFC 9111 §4.4),
+//!   events, admin purges, the cross-pod channel and gaps.
 //! - [`limit`]: rate limits shared through Redis (GCRA), with a local fallback.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/admin/*` on their own port.
 //! - [`metrics`]: every Prometheus family, registered in one place.

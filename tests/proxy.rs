@@ -675,3 +675,59 @@ async fn a_get_with_a_body_is_neither_served_from_nor_stored_in_the_cache() {
     assert_eq!(again.text(), r#"{"body":"x=2"}"#);
     assert_eq!(origin.hits(), 3);
 }
+
+#[tokio::test]
+async fn catch_all_routes_key_every_path_apart_and_the_most_specific_route_wins() {
+    let origin = Origin::start(|r| Reply::json(format!("{{\"uri\":\"{}\"}}", r.uri))).await;
+    let sc = Sidecache::start(
+        &origin,
+        r#"
+        [[route]]
+        name = "all"
+        match = "GET /{*path}"
+        ttl = "1h"
+        tags = ["page:{path}"]
+        [[route]]
+        name = "group"
+        match = "GET /api/groups/{group}"
+        ttl = "1h"
+        [[invalidate]]
+        match = "PUT /pages/{*path}"
+        tags = ["page:{path}"]
+        "#,
+    )
+    .await;
+    let paths = ["/a/b", "/a/b/", "/a//b", "/a", "/", "/a/b?x=1"];
+    for p in paths {
+        let r = sc.get(p).await;
+        assert!(r.header("cache-status").contains("fwd=miss"), "{p}: {r:?}");
+        assert_eq!(r.text(), format!("{{\"uri\":\"{p}\"}}"));
+    }
+    for p in paths {
+        let r = sc.get(p).await;
+        assert!(r.header("cache-status").contains("hit"), "{p}: {r:?}");
+        assert_eq!(r.text(), format!("{{\"uri\":\"{p}\"}}"), "{p}");
+    }
+    assert_eq!(origin.hits(), paths.len());
+
+    sc.get("/api/groups/VIP").await;
+    let m = sc.metrics().await;
+    let misses = |route| {
+        metric(
+            &m,
+            "sidecache_requests_total",
+            &[("route", route), ("cache", "miss")],
+        )
+    };
+    assert_eq!(misses("group"), 1.0);
+    assert_eq!(misses("all"), paths.len() as f64);
+
+    // A tag rendered from the catch-all reaches exactly its own entry: `PUT /pages/a/b`
+    // purges `page:a/b`, which is `/a/b`'s and not `/a/b/`'s.
+    let put = sc.request(Method::PUT, "/pages/a/b", &[], "").await;
+    assert_eq!(put.status, 200);
+    let r = sc.get("/a/b").await;
+    assert!(r.header("cache-status").contains("fwd=miss"), "{r:?}");
+    let r = sc.get("/a/b/").await;
+    assert!(r.header("cache-status").contains("hit"), "{r:?}");
+}

@@ -360,3 +360,76 @@ async fn a_malformed_request_body_is_a_400_from_the_client_side() {
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("\"side\":\"downstream\""), "{text}");
 }
+
+/// Interim answers (100, 103) are skipped, whatever framing fields they carry and however
+/// their bytes arrive: each caller gets its own final answer, without the hints' fields (hyper's
+/// server cannot relay a 1xx), and the connection stays in step, so it is reused.
+#[tokio::test]
+async fn interim_answers_are_skipped_and_the_connection_stays_in_step() {
+    let (origin, sc) = start(Mode::InterimFramed).await;
+    for i in 0..6 {
+        let id = format!("p{i}");
+        let got = sc
+            .get_with(
+                &format!("/pass/{i}"),
+                &[("x-request-id", &id), ("authorization", "alice")],
+            )
+            .await;
+        assert_eq!(got.status, 200, "{got:?}");
+        assert_eq!(field(got.text(), "id"), id, "{got:?}");
+        assert!(got.headers.get("link").is_none(), "{got:?}");
+    }
+    // One connection, reused five times: every interim answer was consumed exactly.
+    assert_eq!(origin.connections(), 1);
+    let fill = get(&sc, "/api/users/7/balance", "f1", "alice").await;
+    assert_eq!((fill.status, fill.id.as_str()), (200, "f1"), "{fill:?}");
+    assert!(fill.cache.contains("stored"), "{fill:?}");
+    let again = get(&sc, "/api/users/7/balance", "f2", "alice").await;
+    assert!(again.cache.contains("hit"), "{again:?}");
+    assert_eq!(again.id, "f1");
+    let bob = get(&sc, "/api/users/7/balance", "b1", "bob").await;
+    assert_eq!((bob.status, bob.id.as_str()), (200, "b1"), "{bob:?}");
+}
+
+/// A transfer coding sidecache cannot undo (anything but a lone `chunked`) is a 502 at once,
+/// not a wait for the upstream timeout (2 s here) on a connection the upstream keeps open;
+/// nothing is stored and the connection is never reused.
+#[tokio::test]
+async fn unsupported_transfer_codings_are_a_502_at_once_and_never_reused() {
+    for codings in [
+        "gzip",
+        "gzip, chunked",
+        "chunked, gzip",
+        "x-custom, chunked",
+    ] {
+        let (origin, sc) = start(Mode::Coded(codings)).await;
+        let started = std::time::Instant::now();
+        let pass = get(&sc, "/pass/1", "p1", "alice").await;
+        assert_eq!(pass.status, 502, "{codings}: {pass:?}");
+        let fill = get(&sc, "/api/users/7/balance", "f1", "alice").await;
+        assert_eq!(fill.status, 502, "{codings}: {fill:?}");
+        let again = get(&sc, "/api/users/7/balance", "f2", "alice").await;
+        assert_eq!(
+            again.status, 502,
+            "{codings}: nothing was stored: {again:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{codings}: waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            origin.connections(),
+            3,
+            "{codings}: a connection was reused"
+        );
+    }
+    // The one coding that is undone works, and its connection is reused.
+    let (origin, sc) = start(Mode::Coded("chunked")).await;
+    for i in 0..3 {
+        let id = format!("c{i}");
+        let got = get(&sc, &format!("/pass/{i}"), &id, "alice").await;
+        assert_eq!((got.status, got.id.as_str()), (200, id.as_str()), "{got:?}");
+    }
+    assert_eq!(origin.connections(), 1);
+}

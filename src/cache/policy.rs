@@ -154,7 +154,9 @@ pub fn storability(
     status: u16,
     headers: &HeaderMap,
 ) -> Result<Duration, NoStoreReason> {
-    if !route.statuses.contains(&status) {
+    // A 206 is a part of a representation: stored as if whole, it would answer later
+    // requests with a fragment. Whatever `statuses` lists.
+    if status == 206 || !route.statuses.contains(&status) {
         return Err(NoStoreReason::Status);
     }
     if headers.contains_key(header::SET_COOKIE) {

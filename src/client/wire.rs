@@ -204,9 +204,7 @@ pub fn parse_response_head(
             continue;
         }
         if name == header::TRANSFER_ENCODING {
-            // Only a final `chunked` delimits the body; any other coding runs to the close.
-            let last = raw.rsplit(|&b| b == b',').next().unwrap_or_default();
-            seen.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            seen.transfer_coding(raw);
             continue;
         }
         if name == header::CONTENT_LENGTH {
@@ -222,22 +220,26 @@ pub fn parse_response_head(
     // Both framings at once (RFC 9112 §6.3: "ought to be handled as an error"), or a
     // transfer coding from an HTTP/1.0 server: the framing cannot be trusted past this
     // answer, so the connection is not reused.
-    let suspect_framing = seen.chunked.is_some() && (seen.length != Length::None || http10);
+    let suspect_framing = seen.coding != Coding::None && (seen.length != Length::None || http10);
     let framing = if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Empty
-    } else if let Some(chunked) = seen.chunked {
+    } else if seen.coding == Coding::Chunked {
         // With a transfer coding, a Content-Length is wrong by definition (RFC 9112 §6.3):
         // passed on, it would frame the decoded body downstream wrongly.
         headers.remove(header::CONTENT_LENGTH);
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
+        Framing::Chunked
+    } else if seen.coding == Coding::Other {
+        // Any coding but a lone `chunked` (`gzip`, `gzip, chunked`, `chunked, chunked`,
+        // unknown names): we offered none (no `TE` goes upstream, RFC 9112 §7.4) and undo
+        // none but `chunked`, so the body would reach the caller, and the cache, still coded
+        // and labelled as plain. With `chunked` not last it would also run to the close,
+        // which an upstream that keeps the connection open turns into a wait for the
+        // timeout. Refused at once instead (a 502); the connection is not reused.
+        return Err("unsupported Transfer-Encoding: only `chunked` is accepted".into());
     } else {
         match seen.length {
             Length::None => Framing::Close,
@@ -306,9 +308,21 @@ struct Delimiters {
     persistence: Option<bool>,
     /// Other names listed in `Connection`: hop-by-hop fields to drop (RFC 9110 §7.6.1).
     listed: Vec<HeaderName>,
-    /// A `Transfer-Encoding` was sent; true when its last coding is `chunked`.
-    chunked: Option<bool>,
+    /// What the `Transfer-Encoding` fields (all of them, as one list) say.
+    coding: Coding,
     length: Length,
+}
+
+/// The transfer codings of an answer.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    /// No `Transfer-Encoding` field.
+    #[default]
+    None,
+    /// Exactly one coding, `chunked`.
+    Chunked,
+    /// Anything else: another coding, `chunked` twice, an empty list.
+    Other,
 }
 
 #[derive(Default, PartialEq, Eq)]
@@ -331,6 +345,18 @@ impl Delimiters {
                 self.listed.push(name);
             }
         }
+    }
+
+    /// One `Transfer-Encoding` field; repeated fields continue one list (RFC 9110 §5.3).
+    fn transfer_coding(&mut self, value: &[u8]) {
+        let mut codings = value
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty());
+        self.coding = match (self.coding, codings.next(), codings.next()) {
+            (Coding::None, Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Coding::Chunked,
+            _ => Coding::Other,
+        };
     }
 
     /// `Content-Length: 5, 5` and repeated equal fields are one length.
@@ -589,17 +615,17 @@ mod tests {
         );
         assert_eq!(
             f(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Length: 9\r\n\r\n",
                 Method::GET
             ),
             Framing::Chunked
         );
         assert_eq!(
             f(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: ,chunked ,\r\n\r\n",
                 Method::GET
             ),
-            Framing::Close
+            Framing::Chunked
         );
         assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", Method::GET), Framing::Close);
         assert_eq!(
@@ -615,6 +641,33 @@ mod tests {
         )
         .is_err());
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", Method::GET).is_err());
+    }
+
+    #[test]
+    fn any_transfer_coding_but_a_lone_chunked_is_refused_at_once() {
+        for te in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, gzip",
+            "chunked, chunked",
+            "identity",
+            "x-unknown",
+            "",
+            "chunked\r\nTransfer-Encoding: gzip",
+            "gzip\r\nTransfer-Encoding: chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            let err = parse(&text, Method::GET).unwrap_err();
+            assert!(err.contains("Transfer-Encoding"), "{te}: {err}");
+        }
+        // Where no body follows, the field frames nothing and is dropped with the others.
+        for (status, method) in [(200, Method::HEAD), (204, Method::GET), (304, Method::GET)] {
+            let text = format!("HTTP/1.1 {status} X\r\nTransfer-Encoding: gzip\r\n\r\n");
+            let head = parse(&text, method).unwrap().unwrap();
+            assert_eq!(head.framing, Framing::Empty);
+            assert!(head.headers.is_empty());
+        }
     }
 
     #[test]

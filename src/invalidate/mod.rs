@@ -18,6 +18,7 @@ pub mod events;
 pub mod message;
 pub mod pubsub;
 pub mod rules;
+pub mod uri;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -337,7 +338,7 @@ impl Invalidator {
         }
         let key = key::derive(route, m.params.as_slice(), query, &http::HeaderMap::new())
             .map_err(|_| format!("`{url}`: no key"))?;
-        let tags = crate::route::render_tags(&route.tags, &route.matcher.params, &m.params);
+        let tags = uri::entry_tags(route, &m.params, path);
         Ok((key, tags))
     }
 }

@@ -93,6 +93,11 @@ impl Upstream {
         self.timeout
     }
 
+    /// The `Host` the upstream is asked with (unless a request's is preserved).
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
     /// The upstream request for a client request, encoded: same method, path, query and
     /// body; hop-by-hop fields removed (those named in `Connection` were already, before the
     /// proxy keyed the request); `Host` (unless preserved), `X-Forwarded-For`,

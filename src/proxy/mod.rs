@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! accept ─→ strip what `Connection` names ─→ refuse (no/two Host, CONNECT: 400/501)
-//!   ─→ admit (rate limits) ─┬─ write rule ─→ forward ─→ invalidate (also when the outcome is unknown) ─→ respond   (write.rs)
+//!   ─→ admit (rate limits) ─┬─ write rule, or unsafe method (§4.4) ─→ forward ─→ invalidate (also when the outcome is unknown) ─→ respond   (write.rs)
 //!                           ├─ no cached route / not GET|HEAD ─→ forward untouched (stream both ways)
 //!                           └─ cached route ─┬─ a body, or no identity ─→ forward uncached (Cache-Status says why)
 //!                                            └─ key ─→ lookup L1 ─┬─ fresh ─→ respond (200|304, Age, Cache-Status)
@@ -18,6 +18,7 @@
 
 pub mod body;
 pub mod forward;
+mod range;
 mod refuse;
 pub mod rescue;
 pub mod respond;
@@ -47,7 +48,7 @@ use crate::cache::{
 use crate::client::{Outgoing, UpstreamBody};
 use crate::config::{Config, Scope};
 use crate::error::{ProxyError, Side};
-use crate::invalidate::rules::{Matched, WriteRules};
+use crate::invalidate::rules::WriteRules;
 use crate::invalidate::Invalidator;
 use crate::limit::{Admit, Limiter};
 use crate::metrics::{Metrics, RouteMetrics, RouteTable};
@@ -55,6 +56,7 @@ use crate::route::{Route, Router};
 use body::Body;
 use forward::Upstream;
 use respond::{Served, CACHE_STATUS};
+use write::Write;
 
 /// Awaits a future in a box of its own, so that a request's future stays small however much
 /// the network paths hold. Written `Box::pin(f).await`, the unboxed `f` also gets a slot in the
@@ -94,6 +96,9 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     max_entry_bytes: usize,
     access_log: bool,
+    /// A catch-all route exists: unsafe methods invalidate the URIs they change (RFC 9111
+    /// §4.4, `write.rs`).
+    catch_all: bool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -119,8 +124,9 @@ enum Step {
     Answered(Answer),
     /// No cached route: forwarded as it is.
     Pass(Outgoing<Incoming>),
-    /// A write rule matched: forwarded, then the rule's tags are invalidated.
-    Write(Outgoing<Incoming>, Matched),
+    /// A write rule matched, or an unsafe method with a catch-all route configured:
+    /// forwarded, then what it changed is invalidated.
+    Write(Outgoing<Incoming>, Write),
     /// A cached route (its id) whose request must not use the cache (an identity scope the
     /// request does not carry, a body the key does not see): forwarded, marked with why.
     Uncached(usize, NoStoreReason, Outgoing<Incoming>),
@@ -168,6 +174,7 @@ impl Proxy {
             metrics: shared.metrics.clone(),
             max_entry_bytes: config.l1.max_entry_bytes,
             access_log: config.log.access_log,
+            catch_all: config.routes.iter().any(|r| r.matcher.is_catch_all()),
         }
     }
 
@@ -320,8 +327,12 @@ impl Proxy {
     /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup. A
     /// forwarded request's timeout runs from `start`.
     fn step(self: &Arc<Self>, req: Request<Incoming>, client: SocketAddr, start: Instant) -> Step {
-        if let Some(write) = self.writes.find(req.method(), req.uri().path()) {
-            return Step::Write(self.upstream.encode(req, client, start), write);
+        let rule = self.writes.find(req.method(), req.uri().path());
+        if rule.is_some() || self.catch_all {
+            let host = self.upstream.host().as_bytes();
+            if let Some(write) = Write::of(&req, rule, self.catch_all, &self.router, host) {
+                return Step::Write(self.upstream.encode(req, client, start), write);
+            }
         }
         let found = self.router.find(req.method(), req.uri().path()).map(|m| {
             let params = m.params.as_slice();
@@ -867,9 +878,9 @@ impl Proxy {
 
 fn render_tags<B>(route: &Route, req: &Request<B>) -> Vec<String> {
     let m = &route.config.matcher;
-    let path = req.uri().path().strip_prefix('/').unwrap_or_default();
-    crate::route::match_segments(&m.segments, path)
-        .map(|params| crate::route::render_tags(&route.config.tags, &m.params, &params))
+    let path = req.uri().path();
+    crate::route::match_segments(&m.segments, path.strip_prefix('/').unwrap_or_default())
+        .map(|params| crate::invalidate::uri::entry_tags(&route.config, &params, path))
         .unwrap_or_default()
 }
 

@@ -48,6 +48,14 @@ pub enum Mode {
     CloseDelimited,
     /// `100 Continue` and `103 Early Hints` before the final answer.
     Interim,
+    /// Three interim answers before the final one, carrying framing fields that frame nothing
+    /// (`Content-Length: 5`, `Transfer-Encoding: chunked`) and a `Link` that must not reach the
+    /// caller, the second split over two writes `1 ms` apart; the connection stays open.
+    InterimFramed,
+    /// The answer with `Transfer-Encoding: <these codings>`, its body chunked when the last is
+    /// `chunked` and sent as it is otherwise; the connection stays open either way (a proxy
+    /// that reads such a body to the close waits for its timeout).
+    Coded(&'static str),
     /// A `Content-Length` longer than what is sent before the close.
     MidBodyClose,
     /// The answer one byte at a time, `1 ms` apart.
@@ -258,6 +266,34 @@ async fn respond(
         Mode::Interim => {
             let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n";
             w.write_all(&[&interim[..], &plain].concat()).await
+        }
+        Mode::InterimFramed => {
+            let parts: [&[u8]; 4] = [
+                b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\n",
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nTransfer-Enc",
+                b"oding: chunked\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </b.js>; rel=preload\r\n\r\n",
+                &plain,
+            ];
+            for part in parts {
+                if w.write_all(part).await.is_err() {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(())
+        }
+        Mode::Coded(codings) => {
+            let chunked = codings
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            let body = if chunked {
+                format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len())
+            } else {
+                body
+            };
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {codings}\r\n\r\n{body}");
+            w.write_all(text.as_bytes()).await
         }
         Mode::MidBodyClose => {
             let head = format!(
