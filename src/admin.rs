@@ -6,8 +6,9 @@
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: the proxy accepts traffic (never depends on Redis or the upstream).
 //! - `GET /metrics`: Prometheus text.
-//! - `POST /admin/purge` (bearer token): `{"keys": [urls], "tags": [...], "all": bool}`,
-//!   applied here, in L2, and propagated to every pod.
+//! - `POST /admin/purge` (bearer token): `{"keys": [urls], "tags": [...], "all": bool,
+//!   "soft": bool}`, applied here, in L2, and propagated to every pod. `soft` marks the
+//!   entries stale instead (served within their grace while one refresh runs).
 //! - `GET /admin/cache/stats`: entries, bytes, hits, misses and invalidations per tier.
 //! - `GET /admin/cache/explain?url=...`: route, key, scope, tags, which tier holds it, age,
 //!   TTL left, and why it would not be cached. The admin request's own headers stand in for
@@ -80,6 +81,9 @@ struct Purge {
     tags: Vec<String>,
     #[serde(default)]
     all: bool,
+    /// Mark stale instead of removing (keys and tags only).
+    #[serde(default)]
+    soft: bool,
 }
 
 impl Admin {
@@ -215,6 +219,9 @@ impl Admin {
         if purge.keys.is_empty() && purge.tags.is_empty() && !purge.all {
             return bad_request("give at least one of `keys`, `tags`, `all`");
         }
+        if purge.soft && purge.all {
+            return bad_request("`soft` takes `keys` or `tags`, not `all`");
+        }
         let mut target = Target {
             tags: purge.tags,
             keys: Vec::new(),
@@ -233,10 +240,16 @@ impl Admin {
                 json!({"error": "bad_keys", "problems": errors}),
             );
         }
-        let summary = json!({"purged": {"keys": target.keys.len(), "tags": target.tags.len(), "all": target.all}});
-        self.invalidator
-            .invalidate(target, Source::Admin, false)
-            .await;
+        let summary = json!({"purged": {"keys": target.keys.len(), "tags": target.tags.len(), "all": target.all, "soft": purge.soft}});
+        if purge.soft {
+            self.invalidator
+                .soft_invalidate(target, Source::Admin)
+                .await;
+        } else {
+            self.invalidator
+                .invalidate(target, Source::Admin, false)
+                .await;
+        }
         json_response(StatusCode::OK, summary)
     }
 
@@ -325,14 +338,46 @@ impl Admin {
         };
         out["key"] = json!(key.to_string());
         let now = clock::now_ms();
-        let describe = |e: &crate::cache::Entry| match e.freshness(now) {
-            Freshness::Fresh {
-                age_secs,
-                ttl_left_secs,
-            } => {
-                json!({"present": true, "status": e.status().as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag())})
+        let describe = |e: &crate::cache::Entry| {
+            let f = e.freshness(now);
+            let mut d = json!({"present": true, "state": f.as_str(), "status": e.status().as_u16(), "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag()), "grace_seconds": e.grace_ms() / 1000, "soft_purged": e.soft_purged(), "tags": e.tags().collect::<Vec<_>>()});
+            match f {
+                Freshness::Fresh {
+                    age_secs,
+                    ttl_left_secs,
+                } => {
+                    d["age_seconds"] = json!(age_secs);
+                    d["ttl_left_seconds"] = json!(ttl_left_secs);
+                    d["stale_served"] = json!("no: fresh");
+                }
+                Freshness::Stale {
+                    age_secs,
+                    grace_left_secs,
+                    while_revalidate,
+                } => {
+                    d["age_seconds"] = json!(age_secs);
+                    d["grace_left_seconds"] = json!(grace_left_secs);
+                    d["stale_served"] = json!(if while_revalidate {
+                        "yes: at once, while one refresh runs, and if the upstream fails"
+                    } else {
+                        "only if the upstream fails"
+                    });
+                }
+                Freshness::Expired => {
+                    d["stale_served"] = json!("no: past its grace");
+                }
+                Freshness::MustRevalidate => {
+                    d["stale_served"] = json!("never: must be revalidated before use");
+                }
             }
-            state => json!({"present": true, "stale": true, "state": state.as_str()}),
+            d["stale"] = json!(!f.is_fresh());
+            if e.grace_ms() == 0 && !e.is_marker() {
+                d["stale_served"] = json!("never: no grace (route grace 0, or must-revalidate / proxy-revalidate / s-maxage / no-cache)");
+            }
+            if e.is_marker() {
+                d["vary_marker"] = json!(true);
+            }
+            d
         };
         out["l1"] = self
             .l1

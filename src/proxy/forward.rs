@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::client::wire::{Added, HOP_BY_HOP, HOP_COUNT};
 use crate::client::{Client, ClientConfig, Outgoing, UpstreamBody};
@@ -136,10 +135,14 @@ impl Upstream {
 
     /// Sends an encoded request; the timeout covers the wait for the response head. The
     /// answer comes without its hop-by-hop fields: the client's parse leaves them out.
-    pub fn send(
-        &self,
-        out: Outgoing<Incoming>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
+    pub fn send<'a, B>(
+        &'a self,
+        out: Outgoing<B>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
+    where
+        B: http_body::Body<Data = bytes::Bytes> + 'a,
+        B::Error: std::fmt::Display,
+    {
         self.client.send_encoded(out)
     }
 }

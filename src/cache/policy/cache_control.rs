@@ -3,7 +3,7 @@
 //! Where a field can be read two ways, the stricter reading wins: a shorter lifetime, a
 //! directive that forbids rather than allows.
 
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// The value given to a delta-seconds too large to represent (RFC 9111 §1.2.2).
 pub const DELTA_MAX: u64 = 2_147_483_648;
@@ -23,12 +23,22 @@ pub struct CacheControl {
     pub proxy_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// RFC 5861 windows, in seconds: serve stale while one refresh runs / when the origin
+    /// fails (see `cache::stale`).
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
 }
 
 impl CacheControl {
     pub fn parse(headers: &HeaderMap) -> CacheControl {
+        Self::parse_field(headers, &header::CACHE_CONTROL)
+    }
+
+    /// The directives of one field with `Cache-Control` syntax (`CDN-Cache-Control`,
+    /// `Surrogate-Control` and other targeted fields, RFC 9213, parse alike).
+    pub fn parse_field(headers: &HeaderMap, field: &HeaderName) -> CacheControl {
         let mut cc = CacheControl::default();
-        let ok = for_each_directive(headers, |name, arg| {
+        let ok = for_each_directive(headers, field, |name, arg| {
             if name.eq_ignore_ascii_case(b"no-store") {
                 cc.no_store = true;
             } else if name.eq_ignore_ascii_case(b"no-cache") {
@@ -47,6 +57,11 @@ impl CacheControl {
                 cc.max_age = Some(stricter(cc.max_age, delta(arg)));
             } else if name.eq_ignore_ascii_case(b"s-maxage") {
                 cc.s_maxage = Some(stricter(cc.s_maxage, delta(arg)));
+            } else if name.eq_ignore_ascii_case(b"stale-while-revalidate") {
+                // Unparseable: no window (the strict reading); twice: the shorter.
+                cc.stale_while_revalidate = Some(stricter(cc.stale_while_revalidate, delta(arg)));
+            } else if name.eq_ignore_ascii_case(b"stale-if-error") {
+                cc.stale_if_error = Some(stricter(cc.stale_if_error, delta(arg)));
             }
         });
         if !ok {
@@ -55,6 +70,24 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// RFC 9213's field for every CDN-like cache, and the older Edge Architecture one.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+pub const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
+/// The directives sidecache obeys for storing a response (RFC 9213): the first of
+/// `targeted` (the route's own field, default `Sidecache-Cache-Control`),
+/// `CDN-Cache-Control` and `Surrogate-Control` that the response carries, in place of
+/// `Cache-Control`; else `Cache-Control`.
+pub fn effective_cache_control(targeted: Option<&HeaderName>, headers: &HeaderMap) -> CacheControl {
+    let fixed = [CDN_CACHE_CONTROL, SURROGATE_CONTROL];
+    for field in targeted.into_iter().chain(fixed.iter()) {
+        if headers.contains_key(field) {
+            return CacheControl::parse_field(headers, field);
+        }
+    }
+    CacheControl::parse(headers)
 }
 
 /// The request directives a cache honours (RFC 9111 §5.2.1).
@@ -72,7 +105,7 @@ pub struct RequestDirectives {
 impl RequestDirectives {
     pub fn parse(headers: &HeaderMap) -> RequestDirectives {
         let mut rd = RequestDirectives::default();
-        let ok = for_each_directive(headers, |name, arg| {
+        let ok = for_each_directive(headers, &header::CACHE_CONTROL, |name, arg| {
             if name.eq_ignore_ascii_case(b"no-store") {
                 rd.no_store = true;
             } else if name.eq_ignore_ascii_case(b"no-cache") {
@@ -145,9 +178,13 @@ fn stricter(old: Option<u64>, new: u64) -> u64 {
 /// Calls `f(name, argument)` for each directive of every `Cache-Control` line, with quoted
 /// arguments unquoted (commas inside quotes do not split). Returns false if a line is not
 /// readable as visible ASCII.
-fn for_each_directive(headers: &HeaderMap, mut f: impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+fn for_each_directive(
+    headers: &HeaderMap,
+    field: &HeaderName,
+    mut f: impl FnMut(&[u8], Option<&[u8]>),
+) -> bool {
     let mut ok = true;
-    for value in headers.get_all(header::CACHE_CONTROL) {
+    for value in headers.get_all(field) {
         ok &= directives(value, &mut f);
     }
     ok
