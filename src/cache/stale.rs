@@ -38,7 +38,12 @@ pub fn grace_of(route: &RouteConfig, cc: &CacheControl) -> (u64, u64) {
         Some(s) if route.honor_upstream => ms(Duration::from_secs(s).min(route.max_grace)),
         _ => 0,
     };
-    let swr = route_grace.max(origin(cc.stale_while_revalidate));
+    let route_swr = if route.grace_while_revalidate {
+        route_grace
+    } else {
+        0
+    };
+    let swr = route_swr.max(origin(cc.stale_while_revalidate));
     let sie = route_grace.max(origin(cc.stale_if_error));
     (swr.max(sie), swr)
 }
@@ -117,6 +122,13 @@ mod tests {
         ] {
             assert_eq!(grace(&g, &cc(strict)), (0, 0), "{strict}");
         }
+        let on_error = route("grace = \"30s\"\ngrace_while_revalidate = false");
+        assert_eq!(grace(&on_error, &HeaderMap::new()), (30_000, 0));
+        assert_eq!(
+            grace(&on_error, &cc("max-age=5, stale-while-revalidate=10")),
+            (30_000, 10_000),
+            "the origin's own window still counts"
+        );
         let fixed = route("grace = \"5s\"\nhonor_upstream = false");
         assert_eq!(grace(&fixed, &cc("stale-if-error=600")), (5_000, 5_000));
         assert_eq!(grace(&fixed, &cc("must-revalidate")), (0, 0));

@@ -162,6 +162,11 @@ pub struct RouteFile {
     /// Cap on the origin's own `stale-while-revalidate` / `stale-if-error` windows (used when
     /// longer than `grace`; only with `honor_upstream`). `"0s"` ignores them. Default `"5m"`.
     pub max_grace: Option<String>,
+    /// Whether the route's `grace` also serves stale at once while one refresh runs
+    /// (stale-while-revalidate). `false`: only when the upstream fails, which RFC 9111
+    /// §4.2.4 allows without the origin's leave (the origin's own `stale-while-revalidate`
+    /// still counts). Default `true`.
+    pub grace_while_revalidate: Option<bool>,
     /// The field targeted at sidecache (RFC 9213): when the response carries it, its
     /// directives replace `Cache-Control` (and `CDN-Cache-Control`, `Surrogate-Control`, which
     /// come next in that order) for storing. `""` turns it off.

@@ -272,6 +272,8 @@ pub struct RouteConfig {
     pub grace: Duration,
     /// Cap on the origin's `stale-while-revalidate` / `stale-if-error`.
     pub max_grace: Duration,
+    /// The route's grace also serves stale while revalidating (else only on errors).
+    pub grace_while_revalidate: bool,
     /// RFC 9213 field that takes precedence over `CDN-Cache-Control` and `Cache-Control`.
     pub targeted_cache_control: Option<HeaderName>,
     pub strip_targeted: bool,

@@ -188,7 +188,11 @@ impl Proxy {
     ) {
         // The request's own fields: they make the same key (identity, Vary fields), so the
         // refresh fetches what this caller would (the fill strips its conditionals and Range).
-        let (uri, headers) = (req.uri().clone(), req.headers().clone());
+        // Not its cache directives: the refresh is the cache's, and a caller's `no-store`
+        // must not keep the refresh from storing (which would drop the entry).
+        let (uri, mut headers) = (req.uri().clone(), req.headers().clone());
+        headers.remove(http::header::CACHE_CONTROL);
+        headers.remove(http::header::PRAGMA);
         let (this, route) = (self.clone(), route.clone());
         tokio::spawn(async move {
             this.refresh(route, target, uri, headers, client, guard)

@@ -243,6 +243,7 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         max_variants,
         grace,
         max_grace,
+        grace_while_revalidate: r.grace_while_revalidate.unwrap_or(true),
         targeted_cache_control,
         strip_targeted: r.strip_targeted.unwrap_or(false),
         surrogate_key,
