@@ -205,3 +205,104 @@ async fn must_revalidate_and_no_cache_entries_are_never_served_stale_even_with_r
     let m = sc.metrics().await;
     assert_eq!(outcome(&m, "stale") + outcome(&m, "stale_error"), 0.0);
 }
+
+#[tokio::test]
+async fn a_pod_that_finds_a_stale_variant_only_in_redis_serves_that_variant() {
+    let redis = support::redis::RedisServer::start();
+    let failing = Arc::new(AtomicBool::new(false));
+    let down = failing.clone();
+    let origin = Origin::start(move |r| {
+        if down.load(Ordering::SeqCst) {
+            return Reply::json("down").status(503);
+        }
+        let lang = header(r, "accept-language").unwrap_or("none").to_string();
+        Reply::json(lang.clone())
+            .header("vary", "Accept-Language")
+            .header("etag", &format!("\"{lang}\""))
+            .header("cache-control", "max-age=1")
+    })
+    .await;
+    let extra = format!("{}{}", l2_standalone(&redis.url()), all("grace = \"30s\""));
+    let a = Sidecache::start(&origin, &extra).await;
+    let b = Sidecache::start(&origin, &extra).await;
+    // `en` last: once it is stale, so is `fr`.
+    for lang in ["fr", "en"] {
+        let r = a.get_with("/page", &[("accept-language", lang)]).await;
+        assert_eq!(r.text(), lang);
+    }
+    failing.store(true, Ordering::SeqCst);
+    let stale = eventually(Duration::from_secs(10), async || {
+        let r = a.get_with("/page", &[("accept-language", "en")]).await;
+        r.header("cache-status").contains("fwd=stale")
+    })
+    .await;
+    assert!(stale);
+    // Pod b has nothing in L1: the marker and each variant come from Redis, in their grace.
+    for lang in ["fr", "en"] {
+        let r = b.get_with("/page", &[("accept-language", lang)]).await;
+        assert_eq!((r.status, r.text()), (200, lang), "{r:?}");
+        assert!(r.header("cache-status").contains("fwd=stale"), "{r:?}");
+    }
+    let r = b.get_with("/page", &[("accept-language", "de")]).await;
+    assert_eq!((r.status, r.text()), (503, "down"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_soft_purged_entry_is_revalidated_and_a_304_clears_the_mark() {
+    let origin = Origin::start(|r| {
+        let reply = if header(r, "if-none-match") == Some("\"v1\"") {
+            Reply::json("").status(304).header("x-revalidated", "yes")
+        } else {
+            Reply::json("v1").header("x-revalidated", "no")
+        };
+        reply
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=600")
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("sidecache-stale9111-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let extra = format!(
+        "[admin]\ntoken_file = \"{}\"\n{}",
+        token.display(),
+        all("grace = \"30s\"")
+    );
+    let sc = Sidecache::start(&origin, &extra).await;
+    assert_eq!(sc.get("/doc").await.text(), "v1");
+    let r = send(
+        &client(),
+        sc.admin,
+        http::Method::POST,
+        "/admin/purge",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer s3cret"),
+        ],
+        r#"{"keys":["/doc"],"soft":true}"#.to_string().into(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = sc.get("/doc").await;
+    assert_eq!(r.text(), "v1");
+    assert!(
+        r.header("cache-status").contains("detail=soft-purged"),
+        "{r:?}"
+    );
+    // Its refresh asks with the entry's validator; the 304 makes it fresh and unmarked.
+    let refreshed = eventually(Duration::from_secs(5), async || {
+        let r = sc.get("/doc").await;
+        r.header("x-revalidated") == "yes"
+            && r.header("cache-status").starts_with("sidecache; hit; ttl=")
+    })
+    .await;
+    assert!(refreshed);
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 2, "one fill, one refresh");
+    assert_eq!(header(&seen[1], "if-none-match"), Some("\"v1\""));
+    let explain = sc.admin_get("/admin/cache/explain?url=/doc").await;
+    let v: serde_json::Value = serde_json::from_slice(&explain.body).unwrap();
+    assert_eq!(v["l1"]["soft_purged"], serde_json::json!(false), "{v}");
+    assert_eq!(v["l1"]["state"], serde_json::json!("fresh"), "{v}");
+}
