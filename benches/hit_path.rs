@@ -117,6 +117,8 @@ fn group_entry() -> Entry {
         initial_age: 0,
         ttl_ms: 3_600_000,
         flags: policy::flags::LAST_MODIFIED,
+        grace_ms: 0,
+        swr_ms: 0,
     };
     let tags = ["group:VIP", "group:VIP:EURUSD"];
     Entry::new(meta, &h, &body, &tags, PATH)

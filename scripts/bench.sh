@@ -40,6 +40,9 @@
 #   commands     (9c) [[limit]] with Redis up: Redis commands per allowed request
 #                    (INFO commandstats around $COMMAND_REQUESTS requests), and throughput
 #   redis        (9a) L1 hit with [l2] configured: Redis up, then Redis killed
+#   stale        (10) the origin killed during a wrk run on $STALE_KEYS hot group keys (origin
+#                    max-age=$STALE_MAX_AGE s, route grace = "60s"): non-2xx answers while the
+#                    entries are in grace (target 0), and the stale / stale_error counts
 #   memory       (7) RSS after 3000 group records + 100,000 identity-scoped balance records
 #   consistency  (8) `cargo bench --bench consistency` (cross-pod invalidation lag), its table
 #
@@ -66,7 +69,7 @@ BENCH_TAG=bench
 # shellcheck source=scripts/bench-lib.sh
 source "$ROOT/scripts/bench-lib.sh"
 
-ALL_CASES="ceiling hit latency h2c keys miss limit l2 commands redis memory consistency"
+ALL_CASES="ceiling hit latency h2c keys miss limit l2 commands redis stale memory consistency"
 DURATION=${DURATION:-8}
 RUNS=${RUNS:-3}
 CASES=${CASES:-$ALL_CASES}
@@ -77,6 +80,10 @@ ZIPF_S=${ZIPF_S:-1.0}
 COMMAND_REQUESTS=${COMMAND_REQUESTS:-1000}
 CONSISTENCY_DURATION=${CONSISTENCY_DURATION:-5}
 MEM_USERS=${MEM_USERS:-100000}
+STALE_KEYS=${STALE_KEYS:-1000}
+STALE_MAX_AGE=${STALE_MAX_AGE:-2}
+STALE_DURATION=${STALE_DURATION:-10}
+STALE_KILL_AFTER=${STALE_KILL_AFTER:-3}
 LATENCY_RUNS=${LATENCY_RUNS:-$((RUNS + 2))}
 LOAD_WAIT=${LOAD_WAIT:-600}
 HIT_SERVERS=${HIT_SERVERS:-sidecache nginx nginx-tuned varnish}
@@ -188,10 +195,10 @@ fetch_all() {
 # --- ports and configs ---------------------------------------------------------------------------
 declare -A PORT ADMIN
 for s in origin ceiling nginx nginx-tuned nginx-fwd nginx-h2c varnish sidecache sidecache-limit sidecache-l2 \
-    sidecache-cmd sidecache-redis sidecache-mem; do
+    sidecache-cmd sidecache-redis sidecache-mem origin-stale sidecache-stale; do
     free_port && PORT[$s]=$FREE_PORT
 done
-for s in sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem; do
+for s in sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem sidecache-stale; do
     free_port && ADMIN[$s]=$FREE_PORT
 done
 for s in redis-l2 redis-cmd redis-redis; do free_port && PORT[$s]=$FREE_PORT; done
@@ -239,6 +246,31 @@ origin_users() { count_lines "$O/logs/users.log"; }
 origin_orders() {
     sleep 1.2 # the buffered log flushes every second
     count_lines "$O/logs/orders.log"
+}
+
+# (10) the origin the stale case kills: the same group records, fresh for $STALE_MAX_AGE s.
+S="$TMP/origin-stale"
+stale_origin_conf() {
+    mkdir -p "$S/logs"
+    cat >"$S/nginx.conf" <<EOF
+$(nginx_head "$S")
+events { worker_connections 4096; }
+http {
+$(nginx_temp_paths "$S")
+    access_log off;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:${PORT[origin-stale]} backlog=4096;
+        root $O/html;
+        location /api/groups/ {
+            access_log $S/logs/groups.log;
+            types { }
+            default_type application/json;
+            add_header Cache-Control "max-age=$STALE_MAX_AGE";
+        }
+    }
+}
+EOF
 }
 
 # (1) the ceiling: the same body from `return 200`, no proxy.
@@ -344,9 +376,10 @@ EOF
 # routes; ttl 1h for both, and `[l1] max_age = "1h"` (default 5m), so that nothing warmed at the
 # start expires during a 15-minute run (nginx and Varnish keep them for 1h too).
 sidecache_conf() {
-    local name=$1 d="$TMP/$1" max_age=1h
+    local name=$1 d="$TMP/$1" max_age=1h origin=${PORT[origin]} grace=0s
     shift
     [[ $name == sidecache-l2 ]] && max_age=1ms
+    [[ $name == sidecache-stale ]] && origin=${PORT[origin-stale]} grace=60s
     mkdir -p "$d"
     cat >"$d/sidecache.toml" <<EOF
 [listen]
@@ -354,7 +387,7 @@ proxy = "127.0.0.1:${PORT[$name]}"
 admin = "127.0.0.1:${ADMIN[$name]}"
 
 [upstream]
-url = "http://127.0.0.1:${PORT[origin]}"
+url = "http://127.0.0.1:$origin"
 
 [l1]
 max_bytes = "128MiB"
@@ -373,6 +406,7 @@ match = "GET /api/groups/{group}/{symbol}"
 ttl = "1h"
 tags = ["group:{group}", "group:{group}:{symbol}"]
 cache_control = "private, max-age=5"
+grace = "$grace"
 
 [[route]]
 name = "balance"
@@ -392,6 +426,7 @@ LIMIT_RULE=$'\n[[limit]]\nname = "groups"\nroute = "group"\nkey = "ip"\nrate = "
 write_conf() {
     case $1 in
     origin) origin_conf ;;
+    origin-stale) stale_origin_conf ;;
     ceiling) ceiling_conf ;;
     # Stock: Debian's /etc/nginx/nginx.conf http settings.
     nginx) nginx_cache_conf nginx "sendfile on;" "tcp_nopush on;" ;;
@@ -413,7 +448,7 @@ write_conf() {
     # HTTP/2 with prior knowledge (h2c) on the cache's port: `listen ... http2` without TLS.
     nginx-h2c) LISTEN_OPTS=http2 nginx_cache_conf nginx-h2c "sendfile on;" "tcp_nopush on;" ;;
     varnish) varnish_conf ;;
-    sidecache | sidecache-mem) sidecache_conf "$1" ;;
+    sidecache | sidecache-mem | sidecache-stale) sidecache_conf "$1" ;;
     sidecache-limit) sidecache_conf sidecache-limit "$LIMIT_RULE" ;;
     sidecache-l2) sidecache_conf sidecache-l2 "$(l2_section redis-l2)" ;;
     sidecache-cmd) sidecache_conf sidecache-cmd "$(l2_section redis-cmd)" "$LIMIT_RULE" ;;
@@ -424,9 +459,9 @@ write_conf() {
 }
 # Every config is written and checked once up front, so that a bad one fails before any run;
 # `start` writes it again with ports picked at that moment.
-ALL_SERVERS="origin ceiling nginx nginx-tuned nginx-fwd nginx-h2c varnish sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem"
+ALL_SERVERS="origin ceiling nginx nginx-tuned nginx-fwd nginx-h2c varnish sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem origin-stale sidecache-stale"
 for s in $ALL_SERVERS; do write_conf "$s"; done
-for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned" "$TMP/nginx-fwd" "$TMP/nginx-h2c"; do
+for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned" "$TMP/nginx-fwd" "$TMP/nginx-h2c" "$S"; do
     "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" 2>"$TMP/nginx-t.out" || die "$d/nginx.conf: $(cat "$TMP/nginx-t.out")"
 done
 
@@ -443,6 +478,7 @@ start() {
         : >"$TMP/$s.out"
         case $s in
         origin) spawn origin taskset -c "$LOAD_CPU" "$NGINX" -p "$O" -c "$O/nginx.conf" ;;
+        origin-stale) spawn origin-stale taskset -c "$LOAD_CPU" "$NGINX" -p "$S" -c "$S/nginx.conf" ;;
         ceiling) spawn ceiling taskset -c "$PROXY_CPU" "$NGINX" -p "$C" -c "$C/nginx.conf" ;;
         nginx | nginx-tuned | nginx-fwd | nginx-h2c) spawn "$s" taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/$s" -c "$TMP/$s/nginx.conf" ;;
         varnish)
@@ -907,6 +943,43 @@ if want redis; then
     stop sidecache-redis
 fi
 
+# --- (10) stale: the origin killed during a run ----------------------------------------------------
+STALE_LINE=""
+if want stale; then
+    log "case stale: origin killed ${STALE_KILL_AFTER}s into a ${STALE_DURATION}s wrk run on $STALE_KEYS hot keys, grace 60s"
+    start origin-stale
+    start sidecache-stale
+    head -n "$STALE_KEYS" "$PATHS" >"$TMP/stale-paths.txt"
+    fetch_all "$TMP/stale-paths.txt" "$(url sidecache-stale)"
+    check_hit sidecache-stale "$(head -1 "$TMP/stale-paths.txt")"
+    m0=$(metrics sidecache-stale)
+    file="$RAW/stale-wrk.txt"
+    # The figure is a count of errors, not a rate: a busy machine delays, never falsifies it.
+    wait_quiet 10 30 || true
+    timeout $((STALE_DURATION + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${STALE_DURATION}s" \
+        --latency -s "$ROOT/scripts/wrk/keys.lua" "$(url sidecache-stale)" -- "$TMP/stale-paths.txt" uniform \
+        >"$file" 2>&1 &
+    WRK_PID=$!
+    sleep "$STALE_KILL_AFTER"
+    stop origin-stale
+    if (exec 3<>"/dev/tcp/127.0.0.1/${PORT[origin-stale]}") 2>/dev/null; then die "stale: the origin still answers"; fi
+    wait "$WRK_PID" || die "wrk against sidecache-stale failed: $(tail -3 "$file")"
+    WRK_PID=
+    m1=$(metrics sidecache-stale)
+    echo "$m1" >"$RAW/sidecache-stale-metrics.txt"
+    outcome_delta() {
+        local re="^sidecache_requests_total[{].*cache=\"$1\""
+        echo $(($(msum "$re" <<<"$m1") - $(msum "$re" <<<"$m0")))
+    }
+    reqs=$(awk '/ requests in / {print $1}' "$file")
+    bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$file")
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$file")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$file")")
+    STALE_LINE="$reqs ${bad:-0} $(outcome_delta stale) $(outcome_delta stale_error) $(outcome_delta error) $(outcome_delta hit) $rps $p99"
+    log "  stale: $reqs requests, ${bad:-0} non-2xx; outcomes stale/stale_error/error/hit: $(cut -d' ' -f3-6 <<<"$STALE_LINE")"
+    stop sidecache-stale
+fi
+
 # --- (7) memory ------------------------------------------------------------------------------------
 MEM_LINE=""
 if want memory; then
@@ -976,7 +1049,7 @@ ELAPSED=$((SECONDS - T_START))
 # --- report ----------------------------------------------------------------------------------------
 for d in "$O" "$C" "$TMP/nginx" "$TMP/nginx-tuned" "$TMP/nginx-fwd"; do cp "$d/nginx.conf" "$RAW/$(basename "$d").nginx.conf"; done
 cp "$V/default.vcl" "$RAW/varnish.vcl"
-for s in sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem; do cp "$TMP/$s/sidecache.toml" "$RAW/$s.toml"; done
+for s in sidecache sidecache-limit sidecache-l2 sidecache-cmd sidecache-redis sidecache-mem sidecache-stale; do cp "$TMP/$s/sidecache.toml" "$RAW/$s.toml"; done
 [[ -n ${PID[sidecache]:-} ]] && metrics sidecache >"$RAW/sidecache-metrics.txt" || true
 
 declare -A LABEL=(
@@ -1130,6 +1203,10 @@ verdict() { awk -v v="$1" -v o="$2" -v l="$3" 'BEGIN { if (v == "" || v == "–"
         echo "| memory: RSS <= 1.5 x bodies + 30 MiB | $(mib "$rss2") vs $(mib "$limit_b") | $(verdict "$rss2" "<=" "$limit_b") |"
         echo "| memory: RSS <= 1.5 x responses as received + 30 MiB | $(mib "$rss2") vs $(mib "$limit_r") | $(verdict "$rss2" "<=" "$limit_r") |"
         echo "| memory: RSS <= 1.5 x \`sidecache_l1_bytes\` + 30 MiB | $(mib "$rss2") vs $(mib "$limit_l") | $(verdict "$rss2" "<=" "$limit_l") |"
+    fi
+    if [[ -n $STALE_LINE ]]; then
+        read -r s_reqs s_bad s_stale s_err s_error s_hit s_rps s_p99 <<<"$STALE_LINE"
+        echo "| origin killed during a run on $STALE_KEYS keys with grace: non-2xx while in grace ($s_reqs requests, $s_rps req/s, p99 $s_p99 µs; stale $s_stale, stale_error $s_err, error $s_error, hit $s_hit) | $s_bad | $(verdict "$s_bad" "<=" 0) |"
     fi
     if [[ -n $(med redis redis-down) ]]; then
         r=$(ratio "$(med redis redis-down)" "$(med redis redis-up)")

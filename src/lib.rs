@@ -12,7 +12,7 @@
 //! - [`route`]: method + path templates → the route policy and its parameters.
 //! - [`proxy`]: the request phases (route → key → lookup → coalesce → forward → store →
 //!   respond) and the one place errors become responses.
-//! - [`cache`]: keys, pure freshness and storability policy, entries, L1, coalescing.
+//! - [`cache`]: keys, pure freshness, grace and storability policy, entries, L1, coalescing.
 //! - [`invalidate`]: write-through rules, the URI tags of unsafe methods (RFC 9111 §4.4),
 //!   events, admin purges, the cross-pod channel and gaps.
 //! - [`limit`]: rate limits shared through Redis (GCRA), with a local fallback.
@@ -34,8 +34,10 @@
 //! ```text
 //! accept → route ─┬─ not cached ─→ forward untouched (streamed) ─→ respond
 //!                 └─ cached ─→ key → L1 ─┬─ fresh hit ─→ respond 200/304 (+ Age, ETag, Cache-Status)
+//!                                        ├─ stale, in grace (its revalidate window) ─→ respond stale + one background refresh (conditional)
 //!                                        ├─ stale / no-cache ─→ coalesce ─→ conditional request → 304: refresh → respond
 //!                                        └─ miss ─→ coalesce ─→ forward → store if cacheable → respond
+//!                                                        (upstream fails, stale in grace: respond stale)
 //! ```
 
 pub mod admin;

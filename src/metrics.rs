@@ -20,7 +20,7 @@ const METHODS: [&str; 8] = [
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Room for the variants of the `cache` label (see [`LabelSet`]).
-const OUTCOMES: usize = 10;
+const OUTCOMES: usize = 13;
 const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// A closed set of label values, such as the cache outcome, whose variants index

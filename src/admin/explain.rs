@@ -63,14 +63,46 @@ impl Admin {
         };
         out["key"] = json!(key.to_string());
         let now = clock::now_ms();
-        let describe = |e: &crate::cache::Entry| match e.freshness(now) {
-            Freshness::Fresh {
-                age_secs,
-                ttl_left_secs,
-            } => {
-                json!({"present": true, "status": e.status().as_u16(), "age_seconds": age_secs, "ttl_left_seconds": ttl_left_secs, "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag())})
+        let describe = |e: &crate::cache::Entry| {
+            let f = e.freshness(now);
+            let mut d = json!({"present": true, "state": f.as_str(), "status": e.status().as_u16(), "bytes": e.body_len(), "etag": String::from_utf8_lossy(e.etag()), "grace_seconds": e.grace_ms() / 1000, "soft_purged": e.soft_purged(), "tags": e.tags().collect::<Vec<_>>()});
+            match f {
+                Freshness::Fresh {
+                    age_secs,
+                    ttl_left_secs,
+                } => {
+                    d["age_seconds"] = json!(age_secs);
+                    d["ttl_left_seconds"] = json!(ttl_left_secs);
+                    d["stale_served"] = json!("no: fresh");
+                }
+                Freshness::Stale {
+                    age_secs,
+                    grace_left_secs,
+                    while_revalidate,
+                } => {
+                    d["age_seconds"] = json!(age_secs);
+                    d["grace_left_seconds"] = json!(grace_left_secs);
+                    d["stale_served"] = json!(if while_revalidate {
+                        "yes: at once, while one refresh runs, and if the upstream fails"
+                    } else {
+                        "only if the upstream fails"
+                    });
+                }
+                Freshness::Expired => {
+                    d["stale_served"] = json!("no: past its grace");
+                }
+                Freshness::MustRevalidate => {
+                    d["stale_served"] = json!("never: must be revalidated before use");
+                }
             }
-            state => json!({"present": true, "stale": true, "state": state.as_str()}),
+            d["stale"] = json!(!f.is_fresh());
+            if e.grace_ms() == 0 && !e.is_marker() {
+                d["stale_served"] = json!("never: no grace (route grace 0, or must-revalidate / proxy-revalidate / s-maxage / no-cache)");
+            }
+            if e.is_marker() {
+                d["vary_marker"] = json!(true);
+            }
+            d
         };
         out["l1"] = self
             .l1

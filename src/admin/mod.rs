@@ -6,8 +6,9 @@
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: the proxy accepts traffic (never depends on Redis or the upstream).
 //! - `GET /metrics`: Prometheus text.
-//! - `POST /admin/purge` (bearer token): `{"keys": [urls], "tags": [...], "all": bool}`,
-//!   applied here, in L2, and propagated to every pod.
+//! - `POST /admin/purge` (bearer token): `{"keys": [urls], "tags": [...], "all": bool,
+//!   "soft": bool}`, applied here, in L2, and propagated to every pod. `soft` marks the
+//!   entries stale instead (served within their grace while one refresh runs).
 //! - `POST /admin/refresh` (bearer token): `{"keys": [urls], "tags": [...]}`, invalidated as a
 //!   purge, then fetched again at once (here and on every pod that held them).
 //! - `POST /admin/verify` (bearer token): `{"tag"|"route"|"sample", "repair"}`: entries

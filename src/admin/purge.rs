@@ -21,6 +21,9 @@ struct Purge {
     tags: Vec<String>,
     #[serde(default)]
     all: bool,
+    /// Mark stale instead of removing (keys and tags only).
+    #[serde(default)]
+    soft: bool,
 }
 
 /// `POST /admin/refresh` body.
@@ -105,6 +108,9 @@ impl Admin {
         if purge.keys.is_empty() && purge.tags.is_empty() && !purge.all {
             return bad_request("give at least one of `keys`, `tags`, `all`");
         }
+        if purge.soft && purge.all {
+            return bad_request("`soft` takes `keys` or `tags`, not `all`");
+        }
         let mut target = Target {
             tags: purge.tags,
             keys: Vec::new(),
@@ -123,10 +129,16 @@ impl Admin {
                 json!({"error": "bad_keys", "problems": errors}),
             );
         }
-        let summary = json!({"purged": {"keys": target.keys.len(), "tags": target.tags.len(), "all": target.all}});
-        self.invalidator
-            .invalidate(target, Source::Admin, false)
-            .await;
+        let summary = json!({"purged": {"keys": target.keys.len(), "tags": target.tags.len(), "all": target.all, "soft": purge.soft}});
+        if purge.soft {
+            self.invalidator
+                .soft_invalidate(target, Source::Admin)
+                .await;
+        } else {
+            self.invalidator
+                .invalidate(target, Source::Admin, false)
+                .await;
+        }
         json_response(StatusCode::OK, summary)
     }
 }

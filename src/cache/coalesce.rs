@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -24,6 +25,10 @@ pub enum FillState {
     /// The upstream failed for the leader; followers answer with the same error rather than
     /// queue up behind one another against a backend that is down.
     Failed(ProxyError),
+    /// The upstream answered with a server error and the leader served a stale entry
+    /// within its grace (stale-if-error): followers serve it too while L1 still holds it,
+    /// else fetch for themselves.
+    Stale(u16),
     /// The leader went away without an answer; try again.
     Abandoned,
 }
@@ -32,7 +37,13 @@ pub enum FillState {
 pub struct Coalescer {
     // A std Mutex, not a tokio one: it is held only for a map operation, never across an await.
     inflight: Mutex<HashMap<CacheKey, watch::Receiver<FillState>>>,
+    /// Keys whose background refresh failed, and until when none is tried again: while the
+    /// backend is down, stale answers do not each start a connection attempt.
+    refresh_backoff: Mutex<HashMap<CacheKey, Instant>>,
 }
+
+/// How long a key's background refresh waits after one failed.
+pub const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Either lead the fill of a key, or wait for the current leader.
 #[derive(Debug)]
@@ -54,6 +65,21 @@ impl Coalescer {
             key,
             tx: Some(tx),
         })
+    }
+
+    /// Whether a background refresh of `key` may start at `now` (none failed just before).
+    pub fn refresh_allowed(&self, key: &CacheKey, now: Instant) -> bool {
+        let map = self.refresh_backoff.lock().expect("coalescer lock");
+        map.get(key).is_none_or(|until| *until <= now)
+    }
+
+    /// A background refresh of `key` failed at `now`: the next waits [`REFRESH_BACKOFF`].
+    pub fn refresh_failed(&self, key: CacheKey, now: Instant) {
+        let mut map = self.refresh_backoff.lock().expect("coalescer lock");
+        if map.len() >= 4096 {
+            map.retain(|_, until| *until > now);
+        }
+        map.insert(key, now + REFRESH_BACKOFF);
     }
 
     /// Fills under way (for tests and stats).

@@ -1,8 +1,9 @@
 //! The L2 entry format: compact, binary, versioned.
 //!
 //! ```text
-//! "SC" version:u8=2
+//! "SC" version:u8=3
 //! status:u16 stored_at_ms:u64 initial_age:u64 ttl_ms:u64 last_modified:u64 flags:u16
+//! grace_ms:u64 swr_ms:u64
 //! etag:(u16 len, bytes)
 //! headers:u16 count, each (u16 name len, name, u32 value len, value)
 //! tags:u16 count, each (u16 len, bytes)
@@ -12,8 +13,10 @@
 //! All integers big-endian. A reader meets an unknown version or any inconsistency as a
 //! [`DecodeError`] and treats the value as a miss; the next fill overwrites it.
 //!
-//! Version 2 added `flags` (`policy::flags`): version 1 entries, whose ETag may be a derived
-//! one claimed strong and whose `last_modified` may be a `Date`, are read as misses.
+//! Version 3 has `flags` (`policy::flags`, soft purge among them) and the grace. Older
+//! versions are read as misses: version 1 entries, whose ETag may be a derived one claimed
+//! strong and whose `last_modified` may be a `Date`, and both forms of version 2 (flags
+//! without grace, or grace with a one-byte flags field), which were never one format.
 //!
 //! The format does not follow L1's packed layout (`entry.rs`): it is the contract between pods
 //! of different versions sharing one Redis, and rebuilding the packed form costs one copy of a
@@ -22,10 +25,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::{Entry, Meta};
+use super::{policy, Entry, Meta};
 
 const MAGIC: &[u8; 2] = b"SC";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -46,6 +49,8 @@ pub fn encode(e: &Entry) -> Bytes {
     b.put_u64(e.ttl_ms());
     b.put_u64(e.last_modified());
     b.put_u16(e.flags());
+    b.put_u64(e.grace_ms());
+    b.put_u64(e.swr_ms());
     put16(&mut b, e.etag());
     // What every answer adds (`Age`, `Cache-Status`) is not stored.
     b.put_u16(e.headers().count() as u16);
@@ -123,6 +128,16 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
     let ttl_ms = r.u64()?;
     let last_modified = r.u64()?;
     let flags = r.u16()?;
+    let (grace_ms, swr_ms) = (r.u64()?, r.u64()?);
+    if flags & !policy::flags::ALL != 0 {
+        return Err(DecodeError::Invalid("flags"));
+    }
+    // A hostile or broken writer's grace: a revalidate window past the grace, or grace on an
+    // entry that may never be served stale.
+    let strict = policy::flags::MUST_REVALIDATE | policy::flags::NO_CACHE;
+    if swr_ms > grace_ms || (grace_ms > 0 && flags & strict != 0) {
+        return Err(DecodeError::Invalid("grace"));
+    }
     let etag =
         HeaderValue::from_maybe_shared(r.bytes16()?).map_err(|_| DecodeError::Invalid("etag"))?;
     let n = r.u16()? as usize;
@@ -159,6 +174,8 @@ pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
         initial_age,
         ttl_ms,
         flags,
+        grace_ms,
+        swr_ms,
     };
     Ok(Entry::new(meta, &headers, &body, &tags, path))
 }
@@ -179,7 +196,10 @@ mod tests {
             stored_at_ms: 1_700_000_000_123,
             initial_age: 3,
             ttl_ms: 60_000,
-            flags: crate::cache::policy::flags::NO_CACHE,
+            flags: crate::cache::policy::flags::SOFT_PURGED
+                | crate::cache::policy::flags::LAST_MODIFIED,
+            grace_ms: 30_000,
+            swr_ms: 10_000,
         };
         let tags = ["group:VIP", "group:VIP:EURUSD"];
         Entry::new(
@@ -205,6 +225,13 @@ mod tests {
         assert_eq!(d.etag(), b"\"abc\"");
         assert!(d.tags().eq(["group:VIP", "group:VIP:EURUSD"]));
         assert_eq!(d.path(), "/api/groups/VIP/EURUSD?x=1");
+        // Flags and grace come back as they went.
+        assert!(d.soft_purged());
+        assert_eq!(
+            d.flags() & policy::flags::LAST_MODIFIED,
+            policy::flags::LAST_MODIFIED
+        );
+        assert_eq!((d.grace_ms(), d.swr_ms()), (30_000, 10_000));
     }
 
     /// Version 1 entries (before `flags`) are misses, never misread.
@@ -216,6 +243,17 @@ mod tests {
         assert_eq!(
             decode(b.freeze()).unwrap_err(),
             DecodeError::UnknownVersion(1)
+        );
+    }
+
+    /// Version 2 entries (either form: `flags` alone, or grace without `flags`) are misses.
+    #[test]
+    fn version_2_is_not_read() {
+        let mut v = encode(&entry()).to_vec();
+        v[2] = 2;
+        assert_eq!(
+            decode(Bytes::from(v)).unwrap_err(),
+            DecodeError::UnknownVersion(2)
         );
     }
 
@@ -238,5 +276,27 @@ mod tests {
         let mut extra = full.to_vec();
         extra.push(0);
         assert!(decode(Bytes::from(extra)).is_err());
+        // A hostile or broken writer's grace: a revalidate window past the grace, grace on an
+        // entry that is never served stale, or unknown flags, is not an entry.
+        const FLAGS_AT: usize = 3 + 2 + 8 * 4;
+        const SWR_AT: usize = FLAGS_AT + 2 + 8;
+        let mut bad = full.to_vec();
+        bad[SWR_AT] = 0xff; // swr_ms's high byte: now longer than grace_ms
+        assert_eq!(
+            decode(Bytes::from(bad)).unwrap_err(),
+            DecodeError::Invalid("grace")
+        );
+        let mut strict = full.to_vec();
+        strict[FLAGS_AT + 1] |= policy::flags::MUST_REVALIDATE as u8;
+        assert_eq!(
+            decode(Bytes::from(strict)).unwrap_err(),
+            DecodeError::Invalid("grace")
+        );
+        let mut flags = full.to_vec();
+        flags[FLAGS_AT] = 0x80;
+        assert_eq!(
+            decode(Bytes::from(flags)).unwrap_err(),
+            DecodeError::Invalid("flags")
+        );
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! [stored_at_ms: u64] [ttl_ms: u64] [last_modified: u32] [initial_age: u32] [status: u16]
-//! [etag: u16] [path_at: u32] [body_at: u32] [flags: u16]
+//! [etag: u16] [path_at: u32] [body_at: u32] [flags: u16] [grace_ms: u64] [swr_ms: u64]
 //! [value ends: u32 each] [field values] [tags: (u16 len, bytes) each] [path] [body]
 //! ```
 //!
@@ -43,8 +43,14 @@ pub struct Meta {
     pub initial_age: u64,
     /// Freshness lifetime in milliseconds, counted from `stored_at_ms - initial_age`.
     pub ttl_ms: u64,
-    /// `policy::flags` bits: how it may be served and revalidated.
+    /// `policy::flags` bits: how it may be served and revalidated (a soft purge among them).
     pub flags: u16,
+    /// How long past `ttl_ms` the entry is kept and may be served stale (stale-if-error);
+    /// 0: never stale (always 0 with `MUST_REVALIDATE` or `NO_CACHE`). See `cache::stale`.
+    pub grace_ms: u64,
+    /// The first part of the grace in which it is also served at once while one refresh runs
+    /// (stale-while-revalidate); at most `grace_ms`.
+    pub swr_ms: u64,
 }
 
 #[derive(Clone)]
@@ -75,8 +81,10 @@ const ETAG: usize = 26;
 const PATH_AT: usize = 28;
 const BODY_AT: usize = 32;
 const FLAGS: usize = 36;
+const GRACE: usize = 38;
+const SWR: usize = 46;
 /// Where the value ends begin.
-const HEAD: usize = 38;
+const HEAD: usize = 54;
 
 /// Every allocation costs malloc's chunk header and rounding on top of what was asked for
 /// (glibc: 8 bytes of header, 16-byte granularity).
@@ -160,6 +168,15 @@ impl Entry {
         put(&mut buf, PATH_AT, &path_at.to_le_bytes());
         put(&mut buf, BODY_AT, &body_at.to_le_bytes());
         put(&mut buf, FLAGS, &meta.flags.to_le_bytes());
+        // An entry that may never be served stale has no grace, whatever built it.
+        let strict = policy::flags::MUST_REVALIDATE | policy::flags::NO_CACHE;
+        let grace_ms = if meta.flags & strict != 0 {
+            0
+        } else {
+            meta.grace_ms
+        };
+        put(&mut buf, GRACE, &grace_ms.to_le_bytes());
+        put(&mut buf, SWR, &meta.swr_ms.min(grace_ms).to_le_bytes());
         Entry {
             shape,
             // One exactly sized copy: the vector's allocation goes, the entry's stays.
@@ -175,6 +192,8 @@ impl Entry {
             initial_age: self.initial_age(),
             ttl_ms: self.ttl_ms(),
             flags: self.flags(),
+            grace_ms: self.grace_ms(),
+            swr_ms: self.swr_ms(),
         }
     }
 
@@ -186,6 +205,47 @@ impl Entry {
     /// A Vary marker, never served (see `policy::vary`).
     pub fn is_marker(&self) -> bool {
         self.flags() & policy::flags::VARY_MARKER != 0
+    }
+
+    /// See [`Meta`].
+    pub fn grace_ms(&self) -> u64 {
+        self.u64_at(GRACE)
+    }
+
+    pub fn swr_ms(&self) -> u64 {
+        self.u64_at(SWR)
+    }
+
+    /// Marked stale by a soft purge.
+    pub fn soft_purged(&self) -> bool {
+        self.flags() & policy::flags::SOFT_PURGED != 0
+    }
+
+    /// A copy marked stale at `now_ms` (a soft purge): its freshness ends now if later, its
+    /// grace ends no later than before (repeated soft purges never lengthen a life), and all
+    /// of what is left of it serves while one refresh runs. `None` when it has no grace
+    /// left (or is a Vary marker, whose variants are marked instead): then it is simply gone.
+    pub fn soft_purged_at(&self, now_ms: u64) -> Option<Entry> {
+        if self.is_marker() {
+            return None;
+        }
+        let age = policy::age_ms(self.stored_at_ms(), self.initial_age(), now_ms);
+        let grace_end = self.ttl_ms().saturating_add(self.grace_ms());
+        let ttl_ms = self.ttl_ms().min(age);
+        let grace_ms = grace_end.min(age.saturating_add(self.grace_ms())) - ttl_ms;
+        if ttl_ms + grace_ms <= age {
+            return None;
+        }
+        let mut data = self.data.to_vec();
+        put(&mut data, TTL, &ttl_ms.to_le_bytes());
+        put(&mut data, GRACE, &grace_ms.to_le_bytes());
+        put(&mut data, SWR, &grace_ms.to_le_bytes());
+        let flags = self.flags() | policy::flags::SOFT_PURGED;
+        put(&mut data, FLAGS, &flags.to_le_bytes());
+        Some(Entry {
+            shape: self.shape.clone(),
+            data: Arc::from(data),
+        })
     }
 
     pub fn status(&self) -> StatusCode {
@@ -216,6 +276,7 @@ impl Entry {
             self.initial_age(),
             self.ttl_ms(),
             self.flags(),
+            (self.grace_ms(), self.swr_ms()),
             now_ms,
         )
     }
@@ -231,7 +292,8 @@ impl Entry {
 
     /// Milliseconds the tiers keep it from `now_ms` (`policy::retention_ms`); 0 once past.
     pub fn retain_left_ms(&self, now_ms: u64) -> u64 {
-        policy::retention_ms(self.ttl_ms(), self.flags()).saturating_sub(self.age_ms(now_ms))
+        policy::retention_ms(self.ttl_ms(), self.flags(), self.grace_ms())
+            .saturating_sub(self.age_ms(now_ms))
     }
 
     /// The buffer as [`Bytes`], to slice the body and field values from: one small allocation
@@ -376,7 +438,58 @@ mod tests {
             initial_age: 3,
             ttl_ms: 4,
             flags: policy::flags::MUST_REVALIDATE,
+            grace_ms: 0,
+            swr_ms: 0,
         }
+    }
+
+    #[test]
+    fn soft_purge_cuts_the_lifetime_and_never_lengthens_the_grace() {
+        let m = Meta {
+            stored_at_ms: 1_000,
+            initial_age: 0,
+            ttl_ms: 60_000,
+            grace_ms: 30_000,
+            swr_ms: 0,
+            flags: 0,
+            ..meta()
+        };
+        let e = Entry::new(m, &HeaderMap::new(), b"x", &["t"], "/p");
+        // Purged while fresh, 10 s in: stale now, 30 s of grace from now, all of it SWR.
+        let p = e.soft_purged_at(11_000).unwrap();
+        assert_eq!(
+            (p.ttl_ms(), p.grace_ms(), p.swr_ms()),
+            (10_000, 30_000, 30_000)
+        );
+        assert!(p.soft_purged() && !e.soft_purged());
+        assert_eq!(&p.body()[..], b"x");
+        assert!(p.tags().eq(["t"]));
+        // Purged again 20 s later: the grace still ends at 41 s, not later.
+        let q = p.soft_purged_at(31_000).unwrap();
+        assert_eq!(q.retain_left_ms(31_000), 10_000);
+        // Purged past its grace (or with none): gone.
+        assert!(e.soft_purged_at(91_000).is_none());
+        let none = Entry::new(
+            Meta { grace_ms: 0, ..m },
+            &HeaderMap::new(),
+            b"x",
+            &["t"],
+            "",
+        );
+        assert!(none.soft_purged_at(2_000).is_none());
+        // An entry that is never served stale gets no grace, whatever its builder said.
+        let strict = Entry::new(
+            Meta {
+                flags: policy::flags::NO_CACHE,
+                ..m
+            },
+            &HeaderMap::new(),
+            b"x",
+            &["t"],
+            "",
+        );
+        assert_eq!((strict.grace_ms(), strict.swr_ms()), (0, 0));
+        assert!(strict.soft_purged_at(2_000).is_none());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -420,6 +420,64 @@ impl L1 {
         removed
     }
 
+    /// A soft purge: every entry carrying one of `tags`, and the `keys`, is marked stale at
+    /// `now_ms` ([`Entry::soft_purged_at`]; one without grace left is removed). Fills that
+    /// started before do not store (what they read may predate the change). Returns the
+    /// entries marked, and the number removed.
+    pub fn soft_invalidate(
+        &self,
+        tags: &[String],
+        keys: &[CacheKey],
+        now_ms: u64,
+    ) -> (usize, usize) {
+        let now = Instant::now();
+        let mut victims: HashSet<MapKey> = keys.iter().map(MapKey::of).collect();
+        {
+            let mut book = self.book();
+            book.epoch += 1;
+            let epoch = book.epoch;
+            for t in tags.iter().map(|t| tag_id(t)) {
+                book.tag_epochs.insert(t, (epoch, now));
+                // The keys stay indexed: their marked copies still carry the tag.
+                if let Some(k) = book.index.one.get(&t) {
+                    victims.insert(*k);
+                }
+                if let Some(ks) = book.index.many.get(&t) {
+                    victims.extend(ks.iter().copied());
+                }
+            }
+            for k in keys {
+                book.key_epochs.insert(*k, (epoch, now));
+            }
+            book.prune(now);
+        }
+        let (mut marked, mut removed) = (0, 0);
+        for k in victims {
+            // In place, under the map's shard lock: a hard invalidation racing this one
+            // removes either the old entry or the marked copy, never sees one come back.
+            let result = self.map.entry(&k, Some(Duration::ZERO), |_, slot| {
+                match slot.entry.soft_purged_at(now_ms) {
+                    Some(entry) => {
+                        slot.expires_ms =
+                            slot.expires_ms.min(now_ms + entry.retain_left_ms(now_ms));
+                        slot.entry = entry;
+                        EntryAction::Retain(())
+                    }
+                    None => EntryAction::Remove,
+                }
+            });
+            match result {
+                EntryResult::Retained(()) => marked += 1,
+                EntryResult::Removed(..) => removed += 1,
+                _ => {}
+            }
+        }
+        if removed > 0 {
+            (self.state.on_removal)("explicit", removed as u64);
+        }
+        (marked, removed)
+    }
+
     /// Drops every entry; fills that started before do not store.
     pub fn clear(&self) {
         {
@@ -482,8 +540,9 @@ impl L1 {
     }
 
     /// Until when L1 keeps `entry`, stored at `now_ms`: the end of its retention (its
-    /// freshness lifetime, longer when it can be revalidated: `policy::retention_ms`), or
-    /// `max_age` (`degraded_max_age` while degraded) if sooner.
+    /// freshness lifetime, then its grace or longer when it can be revalidated:
+    /// `policy::retention_ms`), or `max_age` (`degraded_max_age` while degraded) if sooner:
+    /// grace never extends the bound on what a lost invalidation could leave behind.
     fn expires_ms(&self, entry: &Entry, now_ms: u64) -> u64 {
         let max_age = if self.is_degraded() {
             self.state.degraded_max_age
@@ -532,6 +591,8 @@ mod tests {
             initial_age: 0,
             ttl_ms: 60_000,
             flags: 0,
+            grace_ms: 0,
+            swr_ms: 0,
         };
         Entry::new(meta, &HeaderMap::new(), b"x", tags, "")
     }

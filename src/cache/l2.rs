@@ -84,6 +84,19 @@ end
 return 0
 ";
 
+/// Replaces an entry only if it is still the value read (a soft purge's marked copy must not
+/// overwrite a newer fill, nor come back after a delete): with ARGV[2] for ARGV[3] ms, or
+/// deletes it when ARGV[2] is empty.
+/// KEYS[1] entry; ARGV[1] the value read, ARGV[2] the replacement, ARGV[3] TTL in ms.
+const SWAP_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+  return 1
+end
+return 0
+";
+
 /// Deletes the lease only if it is still ours.
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -357,6 +370,81 @@ impl L2 {
         if !cmds.is_empty() {
             let _ = self.redis.exec("invalidate_peer_keys", cmds).await;
         }
+    }
+
+    /// A soft purge: every entry carrying one of `tags`, and the `keys`, is replaced by a copy
+    /// marked stale at `now_ms` (deleted when it has no grace left). Their fill leases go
+    /// first, so a fill that started before cannot store what it read; then each entry is
+    /// read and swapped only if unchanged. Returns the entries marked, or `None` when Redis
+    /// did not answer.
+    pub async fn soft_invalidate(
+        &self,
+        tags: &[String],
+        keys: &[L2Key],
+        now_ms: u64,
+    ) -> Option<usize> {
+        let ns = self.namespace().await?;
+        let mut names: Vec<String> = keys.iter().map(|k| k.entry.clone()).collect();
+        if !tags.is_empty() {
+            let cmds = tags
+                .iter()
+                .map(|t| self.tag_set(ns, t))
+                .map(|s| (s.clone(), cmd(&["SMEMBERS", &s])))
+                .collect();
+            for v in self.redis.exec("invalidate_read", cmds).await.ok()? {
+                if let Value::Array(items) | Value::Set(items) = v {
+                    names.extend(items.into_iter().filter_map(|m| match m {
+                        Value::BulkString(b) => String::from_utf8(b).ok(),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return Some(0);
+        }
+        let cmds = names
+            .iter()
+            .map(|n| (lease_of(n), cmd(&["UNLINK", &lease_of(n)])))
+            .collect();
+        self.redis.exec("invalidate", cmds).await.ok()?;
+        let cmds = names
+            .iter()
+            .map(|n| (n.clone(), cmd(&["GET", n])))
+            .collect();
+        let values = self.redis.exec("get", cmds).await.ok()?;
+        let mut swaps = Vec::new();
+        for (name, v) in names.iter().zip(values) {
+            let Value::BulkString(old) = v else { continue };
+            let marked = codec::decode(Bytes::from(old.clone()))
+                .ok()
+                .and_then(|e| e.soft_purged_at(now_ms));
+            let (new, ttl) = match &marked {
+                Some(e) => (codec::encode(e).to_vec(), e.retain_left_ms(now_ms).max(1)),
+                None => (Vec::new(), 1),
+            };
+            let mut c = Cmd::new();
+            c.arg("EVAL")
+                .arg(SWAP_SCRIPT)
+                .arg(1)
+                .arg(name)
+                .arg(old)
+                .arg(new)
+                .arg(ttl);
+            swaps.push((name.clone(), c));
+        }
+        if swaps.is_empty() {
+            return Some(0);
+        }
+        let replies = self.redis.exec("invalidate", swaps).await.ok()?;
+        Some(
+            replies
+                .iter()
+                .filter(|r| matches!(r, Value::Int(1)))
+                .count(),
+        )
     }
 
     /// One round trip: `GET entry`.

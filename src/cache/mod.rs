@@ -13,6 +13,7 @@ pub mod l1;
 pub mod l2;
 pub mod policy;
 pub mod shape;
+pub mod stale;
 
 pub use coalesce::{Coalescer, FillState, Join};
 pub use entry::{Entry, Meta};
@@ -45,10 +46,18 @@ pub enum CacheOutcome {
     Rejected,
     /// A stored entry revalidated with the upstream (a `304`): refreshed and served.
     Revalidated,
+    /// Served from a stale entry within its grace while one background refresh runs
+    /// (stale-while-revalidate).
+    Stale,
+    /// Served from a stale entry within its grace because the upstream failed
+    /// (stale-if-error: connect error, timeout, 5xx).
+    StaleError,
+    /// Served from an entry a soft purge marked stale, while one refresh runs.
+    SoftPurged,
 }
 
 impl CacheOutcome {
-    pub const ALL: [CacheOutcome; 10] = [
+    pub const ALL: [CacheOutcome; 13] = [
         Self::Hit,
         Self::HitL2,
         Self::Miss,
@@ -59,6 +68,9 @@ impl CacheOutcome {
         Self::Limited,
         Self::Rejected,
         Self::Revalidated,
+        Self::Stale,
+        Self::StaleError,
+        Self::SoftPurged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +85,9 @@ impl CacheOutcome {
             Self::Limited => "limited",
             Self::Rejected => "rejected",
             Self::Revalidated => "revalidated",
+            Self::Stale => "stale",
+            Self::StaleError => "stale_error",
+            Self::SoftPurged => "soft_purged",
         }
     }
 }

@@ -170,6 +170,33 @@ pub struct RouteFile {
     /// Variants of one resource (responses with `Vary`) kept at most; storing one more starts
     /// a new generation, and the older variants are dropped. Default `16`.
     pub max_variants: Option<u16>,
+    /// How long past its freshness an entry is kept to be served stale: at once while one
+    /// background refresh runs (stale-while-revalidate), and when the upstream fails
+    /// (stale-if-error). Never for invalidated entries, nor for responses with
+    /// `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage`. Default `"0s"`.
+    pub grace: Option<String>,
+    /// Cap on the origin's own `stale-while-revalidate` / `stale-if-error` windows (used when
+    /// longer than `grace`; only with `honor_upstream`). `"0s"` ignores them. Default `"5m"`.
+    pub max_grace: Option<String>,
+    /// Whether the route's `grace` also serves stale at once while one refresh runs
+    /// (stale-while-revalidate). `false`: only when the upstream fails, which RFC 9111
+    /// §4.2.4 allows without the origin's leave (the origin's own `stale-while-revalidate`
+    /// still counts). Default `true`.
+    pub grace_while_revalidate: Option<bool>,
+    /// The field targeted at sidecache (RFC 9213): when the response carries it, its
+    /// directives replace `Cache-Control` (and `CDN-Cache-Control`, `Surrogate-Control`, which
+    /// come next in that order) for storing. `""` turns it off.
+    /// Default `"Sidecache-Cache-Control"`.
+    pub targeted_cache_control: Option<String>,
+    /// Remove the targeted field, `CDN-Cache-Control` and `Surrogate-Control` from this
+    /// route's answers to the app. Default `false` (passed on).
+    pub strip_targeted: Option<bool>,
+    /// Response field whose space- or comma-separated values add tags to the entry (purge
+    /// them by tag like the route's own), e.g. `"Cache-Tag"`. `""` turns it off.
+    /// Default `"Surrogate-Key"`.
+    pub surrogate_key: Option<String>,
+    /// Remove that field from this route's answers to the app. Default `true`.
+    pub strip_surrogate_key: Option<bool>,
 }
 
 /// `[l2]`: the shared tier in Redis. Without this section sidecache runs L1-only.

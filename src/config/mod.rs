@@ -365,6 +365,18 @@ pub struct RouteConfig {
     pub heuristic_max: Duration,
     /// Variants (responses with `Vary`) kept per primary key at most.
     pub max_variants: u16,
+    /// How long past its freshness an entry may be served stale (see `stale.rs`).
+    pub grace: Duration,
+    /// Cap on the origin's `stale-while-revalidate` / `stale-if-error`.
+    pub max_grace: Duration,
+    /// The route's grace also serves stale while revalidating (else only on errors).
+    pub grace_while_revalidate: bool,
+    /// RFC 9213 field that takes precedence over `CDN-Cache-Control` and `Cache-Control`.
+    pub targeted_cache_control: Option<HeaderName>,
+    pub strip_targeted: bool,
+    /// Field carrying origin-provided tags (`Surrogate-Key`, `Cache-Tag`).
+    pub surrogate_key: Option<HeaderName>,
+    pub strip_surrogate_key: bool,
     /// Which tiers hold this route's entries.
     pub tiers: Tiers,
 }

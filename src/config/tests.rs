@@ -378,3 +378,49 @@ fn limits_and_pubsub_take_redis_targets_of_their_own() {
     let l1_only = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[pubsub.redis]\nurl = \"redis://bus:6379/1\"\n[[event]]\nchannel = \"price_updates\"\ntags = [\"price:{symbol}\"]\n";
     assert!(Config::parse(l1_only).is_ok());
 }
+
+#[test]
+fn grace_settings_are_checked_and_a_grace_past_l1_max_age_is_a_warning() {
+    let err = Config::parse(
+        r#"
+        [upstream]
+        url = "http://origin:80"
+        [[route]]
+        name = "a"
+        match = "GET /a"
+        ttl = "1s"
+        grace = "soon"
+        max_grace = "-1s"
+        surrogate_key = "bad name"
+        "#,
+    )
+    .unwrap_err();
+    let all = err.0.join("\n");
+    for key in ["grace", "max_grace", "surrogate_key"] {
+        assert!(all.contains(&format!("(a).{key}")), "{key} in:\n{all}");
+    }
+    let c = Config::parse(
+        r#"
+        [upstream]
+        url = "http://origin:80"
+        [l1]
+        max_age = "1m"
+        [[route]]
+        name = "a"
+        match = "GET /a"
+        ttl = "1s"
+        scope = "shared"
+        grace = "10m"
+        targeted_cache_control = ""
+        "#,
+    )
+    .unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.grace, std::time::Duration::from_secs(600));
+    assert_eq!(r.max_grace, std::time::Duration::from_secs(300));
+    assert!(r.targeted_cache_control.is_none());
+    assert_eq!(r.surrogate_key.as_ref().unwrap(), "surrogate-key");
+    assert!(r.strip_surrogate_key && !r.strip_targeted);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("l1.max_age"));
+}

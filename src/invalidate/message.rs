@@ -34,6 +34,10 @@ pub struct Message {
     /// Fetch the new values of dropped entries in the background.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh: bool,
+    /// A soft purge: mark the entries stale instead of dropping them (pods that do not know
+    /// the field drop them, which is stricter, never wrong).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft: bool,
     /// What caused it: `write`, `event`, `admin`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
@@ -51,6 +55,7 @@ impl Message {
             all: false,
             ns: None,
             refresh: false,
+            soft: false,
             source: String::new(),
         }
     }

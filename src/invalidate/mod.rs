@@ -169,6 +169,52 @@ impl Invalidator {
         }
     }
 
+    /// A soft purge through this pod (admin): the entries are marked stale, not removed, in
+    /// L2, in L1 here, and on the other pods; served within their grace while one refresh
+    /// runs. Entries without grace are simply gone. `target.all` is not soft.
+    pub async fn soft_invalidate(&self, target: Target, source: Source) {
+        let now = clock::now_ms();
+        if let Some(l2) = &self.l2 {
+            let mut keys = Vec::with_capacity(target.keys.len());
+            for (k, tags) in &target.keys {
+                if let Some(l2key) = l2.key(*k, tags).await {
+                    keys.push(l2key);
+                }
+            }
+            match l2.soft_invalidate(&target.tags, &keys, now).await {
+                Some(n) => self.metrics.invalidated_entries("l2", n as u64),
+                None => {
+                    tracing::warn!(tags = ?target.tags, "L2 soft purge got no answer from Redis.")
+                }
+            }
+        }
+        self.apply_l1_soft(&target.tags, &target.keys, source, now);
+        // Told to the other pods on the pub/sub target (`[pubsub.redis]`, else `[l2]`'s).
+        if self.pubsub.is_some() {
+            let mut m = Message::heartbeat(&self.pod, clock::now_us());
+            m.kind = Kind::Invalidate;
+            m.tags = target.tags.clone();
+            m.keys = target.keys.iter().map(|(k, _)| k.to_string()).collect();
+            m.soft = true;
+            m.source = source.as_str().to_string();
+            self.publish(&m).await;
+        }
+    }
+
+    fn apply_l1_soft(
+        &self,
+        tags: &[String],
+        keys: &[(CacheKey, Vec<String>)],
+        source: Source,
+        now_ms: u64,
+    ) {
+        self.metrics.invalidation(source.as_str());
+        let keys: Vec<CacheKey> = keys.iter().map(|(k, _)| *k).collect();
+        let (marked, removed) = self.l1.soft_invalidate(tags, &keys, now_ms);
+        self.metrics
+            .invalidated_entries("l1", (marked + removed) as u64);
+    }
+
     /// An event from another service: every pod receives it, so each does L2 and L1 itself
     /// and nobody publishes.
     pub async fn invalidate_event(&self, tags: Vec<String>, refresh: bool) {
@@ -198,6 +244,10 @@ impl Invalidator {
                 .collect(),
             all: m.all,
         };
+        if m.soft && !m.all {
+            self.apply_l1_soft(&target.tags, &target.keys, Source::Peer, clock::now_ms());
+            return;
+        }
         let removed = self.apply_l1(&target, Source::Peer);
         if let (Some(l2), false) = (&self.l2, target.keys.is_empty()) {
             // The sender removed these keys from L2 under its own layout's names; a sender from

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::client::wire::{Added, HOP_BY_HOP, HOP_COUNT};
 use crate::client::{Client, ClientConfig, Outgoing, UpstreamBody};
@@ -198,17 +197,21 @@ impl Upstream {
 
     /// Sends an encoded request; the timeout covers the wait for the response head. The
     /// answer comes without its hop-by-hop fields: the client's parse leaves them out.
-    pub fn send(
-        &self,
-        out: Outgoing<Incoming>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
+    pub fn send<'a, B>(
+        &'a self,
+        out: Outgoing<B>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         self.client.send_encoded(out)
     }
 }
 
-/// The TLS settings of an `https://` upstream, offering the protocol configured (ALPN).
-/// The TLS side of a client to `[upstream]` (`None` for `http://`): shared with the admin's
-/// verify, which must reach the upstream the way the proxy does.
+/// The TLS settings of an `https://` upstream, offering the protocol configured (ALPN);
+/// `None` for `http://`. Shared with the admin's verify, which must reach the upstream the way
+/// the proxy does.
 pub(crate) fn tls_client(config: &UpstreamConfig) -> Option<crate::client::TlsClient> {
     #[cfg(feature = "tls")]
     return config.tls.as_ref().map(|t| {

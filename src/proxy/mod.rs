@@ -7,12 +7,15 @@
 //!                           └─ cached route ─┬─ a body, or no identity ─→ forward uncached (Cache-Status says why)
 //!                                            └─ key ─→ lookup L1 (a Vary marker ─→ the variant's key)
 //!                                                 ├─ usable (fresh, or as the request's directives allow) ─→ respond (200|304, Age, Cache-Status)
+//!                                                 ├─ stale, in its grace's revalidate window ─→ respond stale + one background refresh (conditional, through fill)   (stale.rs)
 //!                                                 ├─ nothing usable, `only-if-cached` ─→ 504
 //!                                                 ├─ HEAD ─→ forward ─→ freshen the stored GET response (revalidate.rs)
 //!                                                 └─ miss / stale / no-cache ─→ coalesce ─┬─ leader ─→ L2 (marker, variant) ─┬─ usable ─→ promote ─→ respond
+//!                                                                                         │                                  ├─ stale, in its revalidate window ─→ promote ─→ respond stale + this fill in the background
 //!                                                                                         │                                  └─ else ─→ fill
-//!                                                                                         └─ follower ─→ wait ─→ respond (a variant: look again)
+//!                                                                                         └─ follower ─→ wait ─→ respond (a variant: look again; the leader's failure: stale if in grace)
 //! fill: forward (quiet connection; the stored entry's validators when it has one)
+//!   ├─ fails (connect, timeout, 5xx) with a stale entry in grace in L1 ─→ respond stale (stale.rs)
 //!   ├─ 304 ─→ revalidate: merge fields, new freshness ─→ store ─→ respond (`revalidated`)   (revalidate.rs)
 //!   └─ else ─→ storable? ─→ buffer ─→ store (L1 under the ticket, then L2 under the lease; a variant with its marker) ─→ respond   (store.rs)
 //! errors anywhere ─→ rescue (502 / 504 JSON naming the failing side; 400 / 408 for the client's body)
@@ -28,6 +31,7 @@ mod refuse;
 pub mod rescue;
 pub mod respond;
 mod revalidate;
+mod stale;
 mod store;
 mod upgrade;
 mod write;
@@ -326,7 +330,7 @@ impl Proxy {
 
     /// A request past admission: denied (a 429, answered), or on to [`Self::step`].
     fn admitted(
-        &self,
+        self: &Arc<Self>,
         denied: Option<&(String, u64)>,
         req: Request<Incoming>,
         client: SocketAddr,
@@ -383,7 +387,12 @@ impl Proxy {
 
     /// The phases that need no I/O: a write rule, the route, the key, the L1 lookup. A
     /// forwarded request's timeout runs from `start`.
-    fn step(&self, mut req: Request<Incoming>, client: SocketAddr, start: Instant) -> Step {
+    fn step(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        start: Instant,
+    ) -> Step {
         if upgrade::asked(&req) {
             if let Some((asked, on_upgrade)) = upgrade::take(&mut req) {
                 let out = self
@@ -451,19 +460,24 @@ impl Proxy {
                 outcome: CacheOutcome::Hit,
                 route: Some(route.id),
             }),
-            Looked::Unusable(_) if rd.as_ref().is_some_and(|rd| rd.only_if_cached) => {
-                Step::Answered(Answer {
-                    response: respond::only_if_cached(),
-                    outcome: CacheOutcome::Miss,
-                    route: Some(route.id),
-                })
+            Looked::Unusable(target) => {
+                if let Some(answer) = self.stale_hit(route, target, &req, client) {
+                    return Step::Answered(answer);
+                }
+                if rd.as_ref().is_some_and(|rd| rd.only_if_cached) {
+                    return Step::Answered(Answer {
+                        response: respond::only_if_cached(),
+                        outcome: CacheOutcome::Miss,
+                        route: Some(route.id),
+                    });
+                }
+                Step::Miss(req, route.clone(), key, rd)
             }
-            Looked::Unusable(_) => Step::Miss(req, route.clone(), key, rd),
         }
     }
 
     /// Whatever [`Self::step`] left to do that waits on the network.
-    async fn proceed(&self, step: Step, client: SocketAddr) -> Answer {
+    async fn proceed(self: &Arc<Self>, step: Step, client: SocketAddr) -> Answer {
         let (route, (response, outcome)) = match step {
             Step::Answered(answer) => return answer,
             Step::Pass(out) => return self.pass_through(out).await,
@@ -506,7 +520,7 @@ impl Proxy {
 
     /// After L1 had nothing usable on a cached route: coalesce → (L2 | fill | revalidate).
     async fn cached(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
         route: &Arc<Route>,
@@ -540,10 +554,10 @@ impl Proxy {
                             Looked::Unusable(_) => target,
                         };
                     let tags = render_tags(route, &req);
-                    let (found, lease) = if route.config.tiers.l2 {
-                        await_boxed!(self.l2_lookup(&mut target, &tags, req.headers(), rd))
+                    let (found, lease, stale_now) = if route.config.tiers.l2 {
+                        await_boxed!(self.l2_lookup(&mut target, &tags, req.headers(), rd, ticket))
                     } else {
-                        (None, None)
+                        (None, None, false)
                     };
                     if let Some(entry) = found {
                         let l1 = route.config.tiers.l1;
@@ -552,6 +566,15 @@ impl Proxy {
                         {
                             guard.complete(FillState::Done(answer.1));
                             return (answer.0, CacheOutcome::HitL2);
+                        }
+                    }
+                    if stale_now {
+                        // A stale entry from L2, in its revalidate window (now in L1): answered
+                        // from L1 at once, and this fill becomes its background refresh.
+                        let head = req.method() == Method::HEAD;
+                        if let Some(answer) = self.stale_answer(&primary, req.headers(), head) {
+                            self.spawn_refresh(route, target, &req, client, guard);
+                            return answer;
                         }
                     }
                     let fill = Fill {
@@ -591,7 +614,22 @@ impl Proxy {
                             return (resp, CacheOutcome::Collapsed);
                         }
                         FillState::Failed(error) => {
-                            return (rescue::rescue(&error), CacheOutcome::Error)
+                            let (status, detail) = (error.status().as_u16(), error.kind());
+                            if let Some(stale) =
+                                self.stale_on_error(&primary, req.headers(), status, detail)
+                            {
+                                return stale;
+                            }
+                            return (rescue::rescue(&error), CacheOutcome::Error);
+                        }
+                        FillState::Stale(status) => {
+                            let detail = "upstream_status";
+                            if let Some(stale) =
+                                self.stale_on_error(&primary, req.headers(), status, detail)
+                            {
+                                return stale;
+                            }
+                            return await_boxed!(self.fetch_uncoalesced(req, client, route, rm));
                         }
                         FillState::Pass => {
                             return await_boxed!(self.fetch_uncoalesced(req, client, route, rm))
@@ -642,9 +680,13 @@ impl Proxy {
                     respond::from_entry(&entry, headers, head, age_secs, ttl_left_secs, served);
                 Looked::Answered(resp, entry)
             }
-            Freshness::Stale if rd.is_some() && accepted(&entry) => {
+            // Within its revalidate window it is served stale-while-revalidate instead, which
+            // also starts its refresh (`stale.rs`).
+            f @ (Freshness::Stale { .. } | Freshness::Expired)
+                if rd.is_some() && !f.serves_at_once() && accepted(&entry) =>
+            {
                 let age = entry.age_ms(now_ms) / 1000;
-                let resp = respond::from_entry(&entry, headers, head, age, 0, Served::Stale);
+                let resp = respond::from_entry(&entry, headers, head, age, 0, Served::MaxStale);
                 Looked::Answered(resp, entry)
             }
             _ => {
@@ -657,19 +699,24 @@ impl Proxy {
     /// After L1 had nothing usable: the entry from L2 if the request may use it, or else the
     /// fill lease (when this pod won it), or else the entry another pod's fill put in L2
     /// while we waited. Updates `target` with what L2 knows (its marker, a stale entry).
+    /// A stale entry within its grace is put in L1 (unless an invalidation since `ticket`
+    /// forbids), where stale-if-error finds it should the fill fail; one the request may
+    /// have at once (stale-while-revalidate) returns `true` before any lease is taken: the
+    /// caller serves it from L1 and makes its fill the background refresh.
     async fn l2_lookup(
         &self,
         target: &mut Target,
         tags: &[String],
         headers: &HeaderMap,
         rd: Option<&RequestDirectives>,
-    ) -> (Option<Entry>, Option<(L2Key, String)>) {
+        ticket: FillTicket,
+    ) -> (Option<Entry>, Option<(L2Key, String)>, bool) {
         let Some(l2) = &self.l2 else {
-            return (None, None);
+            return (None, None, false);
         };
         let Some(l2key) = l2.key(target.primary, tags).await else {
             self.metrics.l2_lookup("unavailable");
-            return (None, None);
+            return (None, None, false);
         };
         let read = l2.get(&l2key).await;
         self.metrics.l2_lookup(l2_read_label(&read));
@@ -678,22 +725,36 @@ impl Proxy {
             _ => None,
         };
         if let Some(entry) = found {
-            // Redis expires by its own clock, and keeps what may be revalidated: an entry
-            // the request may not use is a candidate for revalidation, and this pod competes
-            // for the lease to refresh it.
-            if usable(&entry, rd, clock::now_ms()) {
-                return (Some(entry), None);
+            // Redis expires by its own clock, and keeps what may be revalidated or served
+            // stale: an entry the request may not use is a candidate for revalidation, and
+            // this pod competes for the lease to refresh it.
+            let now_ms = clock::now_ms();
+            if usable(&entry, rd, now_ms) {
+                return (Some(entry), None, false);
             }
             if target
                 .stale
                 .as_ref()
                 .is_none_or(|s| s.stored_at_ms() < entry.stored_at_ms())
             {
+                if let f @ Freshness::Stale { .. } = entry.freshness(now_ms) {
+                    // In its grace: into L1 (with its marker), where the stale phases look.
+                    let stored = target
+                        .marker
+                        .as_ref()
+                        .is_none_or(|m| self.l1.insert_fill(target.primary, m.clone(), ticket))
+                        && self.l1.insert_fill(target.key, entry.clone(), ticket);
+                    let now = crate::cache::stale::for_request(f, headers);
+                    if stored && now.serves_at_once() {
+                        target.stale = Some(entry);
+                        return (None, None, true);
+                    }
+                }
                 target.stale = Some(entry);
             }
         }
         match l2.acquire(&l2key).await {
-            Lease::Acquired(token) => (None, Some((l2key, token))),
+            Lease::Acquired(token) => (None, Some((l2key, token)), false),
             Lease::Busy => {
                 let after = target.stale.as_ref().map_or(0, Entry::stored_at_ms);
                 let filled = l2.wait_for_fill(&l2key, after).await;
@@ -706,9 +767,13 @@ impl Proxy {
                     Some(entry) => self.l2_variant(l2, &l2key, target, entry, headers).await,
                     None => None,
                 };
-                (filled.filter(|e| usable(e, rd, clock::now_ms())), None)
+                (
+                    filled.filter(|e| usable(e, rd, clock::now_ms())),
+                    None,
+                    false,
+                )
             }
-            Lease::Unavailable => (None, None),
+            Lease::Unavailable => (None, None, false),
         }
     }
 
@@ -765,7 +830,7 @@ impl Proxy {
                 ttl_left_secs,
             } => (age_secs, ttl_left_secs, Served::HitL2),
             // Stale, but the request's max-stale accepted it (see `usable`).
-            _ => (entry.age_ms(now) / 1000, 0, Served::Stale),
+            _ => (entry.age_ms(now) / 1000, 0, Served::MaxStale),
         };
         if into_l1 {
             if let Some(marker) = &target.marker {
@@ -778,15 +843,20 @@ impl Proxy {
     }
 
     /// The leader's fill: forward (conditionally, when it holds an entry to revalidate),
-    /// decide, buffer, store, answer. A `304` goes to the revalidate phase.
-    async fn fill(
+    /// decide, buffer, store, answer. A `304` goes to the revalidate phase. Generic over the
+    /// request body: a background refresh sends none.
+    async fn fill<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         client: SocketAddr,
         route: &Arc<Route>,
         rm: &RouteMetrics,
         fill: Fill,
-    ) -> (Response<Body>, CacheOutcome) {
+    ) -> (Response<Body>, CacheOutcome)
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Fill {
             target,
             tags,
@@ -826,7 +896,13 @@ impl Proxy {
         let resp = match self.forward(out, rm).await {
             Ok(resp) => resp,
             Err(error) => {
+                let (status, detail) = (error.status().as_u16(), error.kind());
                 guard.complete(FillState::Failed(error.clone()));
+                if let Some(stale) =
+                    self.stale_on_error(&target.primary, &client_headers, status, detail)
+                {
+                    return stale;
+                }
                 return (rescue::rescue(&error), CacheOutcome::Error);
             }
         };
@@ -844,6 +920,14 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         let status = parts.status.as_u16();
+        if status >= 500 {
+            if let Some(stale) =
+                self.stale_on_error(&target.primary, &client_headers, status, "upstream_status")
+            {
+                guard.complete(FillState::Stale(status));
+                return stale;
+            }
+        }
 
         let now = clock::now_ms();
         let storable =
@@ -856,6 +940,7 @@ impl Proxy {
             Ok(storable) => storable,
             Err(reason) => {
                 guard.complete(FillState::Pass);
+                stale::strip_fields(&route.config, &mut parts.headers);
                 self.metrics.not_stored(rm, reason.as_str());
                 parts
                     .headers
@@ -893,12 +978,19 @@ impl Proxy {
             Err(error) => {
                 self.metrics.upstream_error(rm, error.kind());
                 tracing::warn!(route = %route.config.name, %error, "Upstream body failed.");
+                let (status, detail) = (error.status().as_u16(), error.kind());
                 guard.complete(FillState::Failed(error.clone()));
+                if let Some(stale) =
+                    self.stale_on_error(&target.primary, &client_headers, status, detail)
+                {
+                    return stale;
+                }
                 return (rescue::rescue(&error), CacheOutcome::Error);
             }
         };
 
         let now = clock::now_ms();
+        let (tags, l1_only) = stale::with_origin_tags(&route.config, &parts.headers, tags);
         let entry = build_entry(route, path, parts, body, &storable, tags, now);
         let write = match self.store_l1(
             route,
@@ -926,7 +1018,11 @@ impl Proxy {
             }
         };
         guard.complete(FillState::Done(entry.clone()));
-        self.store_l2(&mut lease, write, now).await;
+        // Tags the lease did not register keep an entry out of L2 (`with_origin_tags`); the
+        // lease guard gives the lease back.
+        if !l1_only {
+            self.store_l2(&mut lease, write, now).await;
+        }
         let left = entry.ttl_left_ms(now) / 1000;
         let served = Served::Stored { fwd_status: status };
         let resp = respond::from_entry(
@@ -1002,11 +1098,15 @@ impl Proxy {
 
     /// Streams a request to the upstream and returns its response head, counting duration
     /// and errors.
-    fn forward<'a>(
+    fn forward<'a, B>(
         &'a self,
-        out: Outgoing<Incoming>,
+        out: Outgoing<B>,
         rm: &'a RouteMetrics,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = out.started();
         let sent = self.upstream.send(out);
         sent.map(move |result| {
@@ -1027,7 +1127,7 @@ impl Proxy {
     }
 }
 
-fn render_tags(route: &Route, req: &Request<Incoming>) -> Vec<String> {
+fn render_tags<B>(route: &Route, req: &Request<B>) -> Vec<String> {
     let m = &route.config.matcher;
     let path = req.uri().path();
     crate::route::match_segments(&m.segments, path.strip_prefix('/').unwrap_or_default())
@@ -1095,6 +1195,7 @@ enum Looked {
 }
 
 /// Where a fill stands before it asks the upstream.
+#[derive(Clone)]
 pub(crate) struct Target {
     /// The request's key (route, params, query, identity, the route's `vary`).
     primary: CacheKey,
@@ -1181,6 +1282,7 @@ fn build_entry(
         .filter(|_| storable.flags & flags::LAST_MODIFIED != 0)
         .or_else(|| http_date(header::DATE))
         .unwrap_or(now_ms / 1000);
+    stale::strip_fields(&route.config, &mut headers);
     if let Some(cc) = &route.config.cache_control {
         headers.insert(header::CACHE_CONTROL, cc.clone());
     }
@@ -1197,6 +1299,8 @@ fn build_entry(
         initial_age,
         ttl_ms: storable.ttl_ms,
         flags: storable.flags | variant,
+        grace_ms: storable.grace_ms,
+        swr_ms: storable.swr_ms,
     };
     // The entry copies what it keeps into one buffer of its own, so no slice of hyper's read
     // buffer stays alive (measured: 100,000 small entries once held ~690 MiB that way); it

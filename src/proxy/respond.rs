@@ -38,7 +38,15 @@ pub enum Served {
     /// A stored entry revalidated by this request (the upstream said `304`) and refreshed.
     Revalidated,
     /// A stale entry served as a request's `max-stale` allows.
-    Stale,
+    MaxStale,
+    /// A stale entry within its grace, served while one refresh runs.
+    Stale { soft_purged: bool },
+    /// A stale entry within its grace, served because the upstream failed: what it answered
+    /// (or what sidecache would have), and why.
+    StaleError {
+        fwd_status: u16,
+        detail: &'static str,
+    },
 }
 
 /// Answers `request_headers` from `entry`: 304 when its preconditions match, else the stored
@@ -108,9 +116,36 @@ fn cache_status(served: Served, ttl_left: u64) -> HeaderValue {
             return not_stored(fwd_status, NoStoreReason::Invalidated);
         }
         Served::Revalidated => s.push_str("sidecache; fwd=stale; fwd-status=304; stored"),
-        Served::Stale => s.push_str("sidecache; hit; detail=stale"),
+        Served::MaxStale => s.push_str("sidecache; hit; detail=max-stale"),
+        // RFC 9211: a stored response that was stale, with a forward (the refresh) to
+        // update it; no `ttl`, which would be negative.
+        Served::Stale { soft_purged } => {
+            let detail = if soft_purged {
+                "soft-purged"
+            } else {
+                "stale-while-revalidate"
+            };
+            return value(format!("sidecache; hit; fwd=stale; detail={detail}"));
+        }
+        Served::StaleError { fwd_status, detail } => {
+            let mut s = String::from("sidecache; hit; fwd=stale");
+            if fwd_status != 0 {
+                let _ = write!(s, "; fwd-status={fwd_status}");
+            }
+            let detail = if detail.is_empty() {
+                "upstream"
+            } else {
+                detail
+            };
+            let _ = write!(s, "; detail=stale-if-error-{detail}");
+            return value(s);
+        }
     }
     let _ = write!(s, "; ttl={ttl_left}");
+    HeaderValue::from_str(&s).expect("ASCII header value")
+}
+
+fn value(s: String) -> HeaderValue {
     HeaderValue::from_str(&s).expect("ASCII header value")
 }
 
@@ -196,6 +231,20 @@ mod tests {
         assert_eq!(
             cache_status(Served::HitL2, 5),
             "sidecache; hit; detail=l2; ttl=5"
+        );
+        assert_eq!(
+            cache_status(Served::Stale { soft_purged: false }, 0),
+            "sidecache; hit; fwd=stale; detail=stale-while-revalidate"
+        );
+        assert_eq!(
+            cache_status(
+                Served::StaleError {
+                    fwd_status: 503,
+                    detail: "upstream_status"
+                },
+                0
+            ),
+            "sidecache; hit; fwd=stale; fwd-status=503; detail=stale-if-error-upstream_status"
         );
     }
 }

@@ -230,9 +230,15 @@ fn refreshed(
     if let Some(cc) = &route.config.cache_control {
         merged.insert(header::CACHE_CONTROL, cc.clone());
     }
-    let (ttl_ms, new_flags) = match &storable {
-        Ok(s) => (s.ttl_ms, s.flags),
-        Err(_) => (0, stale.flags() & !flags::LAST_MODIFIED),
+    // A soft purge's mark goes: the origin has just vouched for the entry.
+    let (ttl_ms, new_flags, grace_ms, swr_ms) = match &storable {
+        Ok(s) => (s.ttl_ms, s.flags, s.grace_ms, s.swr_ms),
+        Err(_) => (
+            0,
+            stale.flags() & !(flags::LAST_MODIFIED | flags::SOFT_PURGED),
+            0,
+            0,
+        ),
     };
     let last_modified = match merged
         .get(header::LAST_MODIFIED)
@@ -249,6 +255,8 @@ fn refreshed(
         initial_age: policy::initial_age(&route.config, update, now_ms),
         ttl_ms,
         flags: new_flags | (stale.flags() & (flags::ETAG_DERIVED | flags::VARIANT)),
+        grace_ms,
+        swr_ms,
     };
     merged.remove(header::AGE);
     let entry = Entry::new(meta, &merged, stale.body_bytes(), &tags, &path);

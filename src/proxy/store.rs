@@ -85,6 +85,9 @@ impl Proxy {
             initial_age: 0,
             ttl_ms: keep,
             flags: flags::VARY_MARKER,
+            // Never served, so never stale; it lives as long as its variants (`keep`).
+            grace_ms: 0,
+            swr_ms: 0,
         };
         let tags: Vec<&str> = entry.tags().collect();
         let marker = Entry::new(meta, &HeaderMap::new(), &marker.encode(), &tags, "");

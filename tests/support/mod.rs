@@ -80,6 +80,8 @@ pub struct Origin {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<Recorded>>>,
+    /// The accept loop, which owns every connection's task: aborting it kills the origin.
+    task: tokio::task::AbortHandle,
 }
 
 impl Origin {
@@ -90,13 +92,15 @@ impl Origin {
         let log = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let (h2, l2) = (hits.clone(), log.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                while connections.try_join_next().is_some() {}
                 let (handler, hits, log) = (handler.clone(), h2.clone(), l2.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (handler, hits, log) = (handler.clone(), hits.clone(), log.clone());
                         async move {
@@ -135,7 +139,26 @@ impl Origin {
                 });
             }
         });
-        Origin { addr, hits, log }
+        Origin {
+            addr,
+            hits,
+            log,
+            task: task.abort_handle(),
+        }
+    }
+
+    /// Kills the origin: its listener and every connection close, so what comes next is a
+    /// connect error (the port stays free for nobody else in practice: tests bind port 0).
+    pub async fn kill(&self) {
+        self.task.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the origin does not die"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     pub fn url(&self) -> String {

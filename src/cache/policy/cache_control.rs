@@ -3,7 +3,7 @@
 //! Where a field can be read two ways, the stricter reading wins: a shorter lifetime, a
 //! directive that forbids rather than allows.
 
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// The value given to a delta-seconds too large to represent (RFC 9111 §1.2.2).
 pub const DELTA_MAX: u64 = 2_147_483_648;
@@ -19,12 +19,22 @@ pub struct CacheControl {
     pub proxy_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// RFC 5861 windows, in seconds: serve stale while one refresh runs / when the origin
+    /// fails (see `cache::stale`).
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
 }
 
 impl CacheControl {
     pub fn parse(headers: &HeaderMap) -> CacheControl {
+        Self::parse_field(headers, &header::CACHE_CONTROL)
+    }
+
+    /// The directives of one field with `Cache-Control` syntax (`CDN-Cache-Control`,
+    /// `Surrogate-Control` and other targeted fields, RFC 9213, parse alike).
+    pub fn parse_field(headers: &HeaderMap, field: &HeaderName) -> CacheControl {
         let mut cc = CacheControl::default();
-        let ok = for_each_directive(headers, |name, arg| {
+        let ok = for_each_directive(headers, field, |name, arg| {
             if name.eq_ignore_ascii_case(b"no-store") {
                 cc.no_store = true;
             } else if name.eq_ignore_ascii_case(b"no-cache") {
@@ -43,6 +53,11 @@ impl CacheControl {
                 cc.max_age = Some(stricter(cc.max_age, delta(arg)));
             } else if name.eq_ignore_ascii_case(b"s-maxage") {
                 cc.s_maxage = Some(stricter(cc.s_maxage, delta(arg)));
+            } else if name.eq_ignore_ascii_case(b"stale-while-revalidate") {
+                // Unparseable: no window (the strict reading); twice: the shorter.
+                cc.stale_while_revalidate = Some(stricter(cc.stale_while_revalidate, delta(arg)));
+            } else if name.eq_ignore_ascii_case(b"stale-if-error") {
+                cc.stale_if_error = Some(stricter(cc.stale_if_error, delta(arg)));
             }
         });
         if !ok {
@@ -50,6 +65,221 @@ impl CacheControl {
             cc.no_store = true;
         }
         cc
+    }
+}
+
+/// RFC 9213's field for every CDN-like cache, and the older Edge Architecture one.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+pub const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
+/// The directives sidecache obeys for storing a response (RFC 9213): the first of
+/// `targeted` (the route's own field, default `Sidecache-Cache-Control`),
+/// `CDN-Cache-Control` and `Surrogate-Control` that the response carries, in place of
+/// `Cache-Control`; else `Cache-Control`.
+pub fn effective_cache_control(targeted: Option<&HeaderName>, headers: &HeaderMap) -> CacheControl {
+    let fixed = [CDN_CACHE_CONTROL, SURROGATE_CONTROL];
+    for field in targeted.into_iter().chain(fixed.iter()) {
+        // An empty or unparseable targeted field is ignored, as if absent (RFC 9213 §2.1).
+        if headers.contains_key(field) && is_targeted_dictionary(headers, field) {
+            return CacheControl::parse_field(headers, field);
+        }
+    }
+    CacheControl::parse(headers)
+}
+
+/// Whether the lines of `field` make one valid Structured Field Dictionary (RFC 8941 §3.2)
+/// whose lifetime directives are Integers, the syntax RFC 9213 gives targeted fields.
+fn is_targeted_dictionary(headers: &HeaderMap, field: &HeaderName) -> bool {
+    let mut text = Vec::new();
+    for (i, v) in headers.get_all(field).iter().enumerate() {
+        if i > 0 {
+            text.extend_from_slice(b", ");
+        }
+        text.extend_from_slice(v.as_bytes());
+    }
+    sf_dictionary(&text).is_some()
+}
+
+/// Parses an SF Dictionary, checking the types of the lifetime directives; `None` if invalid.
+fn sf_dictionary(input: &[u8]) -> Option<()> {
+    let mut p = SfParser { s: input, i: 0 };
+    p.skip_sp();
+    if p.done() {
+        return None;
+    }
+    loop {
+        let key = p.key()?;
+        let integer_expected = [
+            &b"max-age"[..],
+            b"s-maxage",
+            b"stale-while-revalidate",
+            b"stale-if-error",
+        ]
+        .contains(&key);
+        if p.eat(b'=') {
+            let item = p.bare_item()?;
+            if integer_expected && item != SfItem::Integer {
+                return None;
+            }
+        } else if integer_expected {
+            // A bare key is the Boolean true: not a lifetime.
+            return None;
+        }
+        p.parameters()?;
+        p.skip_ows();
+        if p.done() {
+            return Some(());
+        }
+        if !p.eat(b',') {
+            return None;
+        }
+        p.skip_ows();
+        if p.done() {
+            return None;
+        }
+    }
+}
+
+#[derive(PartialEq)]
+enum SfItem {
+    Integer,
+    Other,
+}
+
+struct SfParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> SfParser<'a> {
+    fn done(&self) -> bool {
+        self.i >= self.s.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        let hit = self.peek() == Some(b);
+        if hit {
+            self.i += 1;
+        }
+        hit
+    }
+
+    fn skip_sp(&mut self) {
+        while self.eat(b' ') {}
+    }
+
+    fn skip_ows(&mut self) {
+        while self.eat(b' ') || self.eat(b'\t') {}
+    }
+
+    fn key(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        match self.peek()? {
+            b'a'..=b'z' | b'*' => self.i += 1,
+            _ => return None,
+        }
+        while let Some(b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*') = self.peek() {
+            self.i += 1;
+        }
+        Some(&self.s[start..self.i])
+    }
+
+    fn parameters(&mut self) -> Option<()> {
+        while self.eat(b';') {
+            self.skip_sp();
+            self.key()?;
+            if self.eat(b'=') {
+                self.bare_item()?;
+            }
+        }
+        Some(())
+    }
+
+    fn bare_item(&mut self) -> Option<SfItem> {
+        match self.peek()? {
+            b'-' | b'0'..=b'9' => self.number(),
+            b'"' => {
+                self.i += 1;
+                loop {
+                    match self.peek()? {
+                        b'\\' => {
+                            self.i += 1;
+                            if !matches!(self.peek()?, b'"' | b'\\') {
+                                return None;
+                            }
+                        }
+                        b'"' => {
+                            self.i += 1;
+                            return Some(SfItem::Other);
+                        }
+                        0x20..=0x7e => {}
+                        _ => return None,
+                    }
+                    self.i += 1;
+                }
+            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'*' => {
+                self.i += 1;
+                while let Some(c) = self.peek() {
+                    if c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c) {
+                        self.i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                Some(SfItem::Other)
+            }
+            b':' => {
+                self.i += 1;
+                while let Some(c) = self.peek() {
+                    if c == b':' {
+                        self.i += 1;
+                        return Some(SfItem::Other);
+                    }
+                    if !(c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=') {
+                        return None;
+                    }
+                    self.i += 1;
+                }
+                None
+            }
+            b'?' => {
+                self.i += 1;
+                match self.peek()? {
+                    b'0' | b'1' => {
+                        self.i += 1;
+                        Some(SfItem::Other)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn number(&mut self) -> Option<SfItem> {
+        self.eat(b'-');
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        let int_digits = self.i - start;
+        if int_digits == 0 {
+            return None;
+        }
+        if !self.eat(b'.') {
+            return (int_digits <= 15).then_some(SfItem::Integer);
+        }
+        let frac = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        let frac_digits = self.i - frac;
+        (int_digits <= 12 && (1..=3).contains(&frac_digits)).then_some(SfItem::Other)
     }
 }
 
@@ -68,7 +298,7 @@ pub struct RequestDirectives {
 impl RequestDirectives {
     pub fn parse(headers: &HeaderMap) -> RequestDirectives {
         let mut rd = RequestDirectives::default();
-        let ok = for_each_directive(headers, |name, arg| {
+        let ok = for_each_directive(headers, &header::CACHE_CONTROL, |name, arg| {
             if name.eq_ignore_ascii_case(b"no-store") {
                 rd.no_store = true;
             } else if name.eq_ignore_ascii_case(b"no-cache") {
@@ -145,9 +375,13 @@ fn stricter(old: Option<u64>, new: u64) -> u64 {
 /// Calls `f(name, argument)` for each directive of every `Cache-Control` line, with quoted
 /// arguments unquoted (commas inside quotes do not split). Returns false if a line is not
 /// readable as visible ASCII.
-fn for_each_directive(headers: &HeaderMap, mut f: impl FnMut(&[u8], Option<&[u8]>)) -> bool {
+fn for_each_directive(
+    headers: &HeaderMap,
+    field: &HeaderName,
+    mut f: impl FnMut(&[u8], Option<&[u8]>),
+) -> bool {
     let mut ok = true;
-    for value in headers.get_all(header::CACHE_CONTROL) {
+    for value in headers.get_all(field) {
         ok &= directives(value, &mut f);
     }
     ok
@@ -210,6 +444,49 @@ mod tests {
             m.append(*k, HeaderValue::from_static(v));
         }
         m
+    }
+
+    #[test]
+    fn targeted_fields_take_precedence_unless_they_are_not_a_dictionary() {
+        let cdn = |v: &'static str| {
+            let m = h(&[("cache-control", "no-store"), ("cdn-cache-control", v)]);
+            effective_cache_control(None, &m)
+        };
+        let ok =
+            cdn("max-age=60, stale-if-error=5, private, foo=\"b\\\"a\", t=:AQ==:, d=1.5, n=?0");
+        assert!(!ok.no_store && ok.private);
+        assert_eq!((ok.max_age, ok.stale_if_error), (Some(60), Some(5)));
+        // RFC 9213 §2.1: an invalid field is ignored, and Cache-Control applies.
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age",
+            "Max-Age=5",
+            "max-age=5,",
+            "max-age=5 s-maxage=6",
+            "max-age=1.5",
+            "",
+        ] {
+            assert!(cdn(bad).no_store, "{bad:?}");
+        }
+        // Several lines make one dictionary.
+        let mut m = h(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=5"),
+        ]);
+        m.append("cdn-cache-control", HeaderValue::from_static("public"));
+        let cc = effective_cache_control(None, &m);
+        assert!(!cc.no_store && cc.public);
+        // The route's own field comes first, then CDN-Cache-Control, Surrogate-Control.
+        let own = HeaderName::from_static("sidecache-cache-control");
+        m.insert(
+            "sidecache-cache-control",
+            HeaderValue::from_static("max-age=9"),
+        );
+        m.insert("surrogate-control", HeaderValue::from_static("max-age=7"));
+        assert_eq!(effective_cache_control(Some(&own), &m).max_age, Some(9));
+        m.remove("cdn-cache-control");
+        assert_eq!(effective_cache_control(None, &m).max_age, Some(7));
     }
 
     #[test]

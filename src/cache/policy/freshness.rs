@@ -8,15 +8,27 @@ use super::{flags, validate, RequestDirectives};
 /// its `max_age` all the same.
 pub const KEEP_MS: u64 = 600_000;
 
-/// How an entry stands at `now`. The strings feed `Cache-Status`, logs and the admin API.
+/// How an entry stands at `now`: the one state enum of a stored entry. [`Freshness::as_str`]
+/// feeds logs and the admin API's `explain`; the answers it leads to carry their own
+/// `Cache-Status` and metric outcome (`hit`, `stale`, `stale_error`, `revalidated`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
     /// Usable: its `Age` and the seconds of freshness left.
     Fresh { age_secs: u64, ttl_left_secs: u64 },
-    /// Past its lifetime: revalidate (or, where a request or a rule allows it, serve stale).
-    Stale,
+    /// Past its freshness lifetime but within its grace: served when the origin fails
+    /// (stale-if-error) and, if `while_revalidate`, at once while one refresh runs
+    /// (stale-while-revalidate). Otherwise revalidated like an expired one.
+    Stale {
+        age_secs: u64,
+        grace_left_secs: u64,
+        while_revalidate: bool,
+    },
+    /// Past its lifetime and its grace (or it had none): revalidated (or refetched) before
+    /// use; served stale only where a request's `max-stale` allows.
+    Expired,
     /// Past its lifetime (or `no-cache`) and never served without revalidation
-    /// (`must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`).
+    /// (`must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`): no grace, no
+    /// `max-stale`.
     MustRevalidate,
 }
 
@@ -24,9 +36,29 @@ impl Freshness {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Fresh { .. } => "fresh",
-            Self::Stale => "stale",
+            Self::Stale {
+                while_revalidate: true,
+                ..
+            } => "stale_while_revalidate",
+            Self::Stale { .. } => "stale_if_error",
+            Self::Expired => "expired",
             Self::MustRevalidate => "must_revalidate",
         }
+    }
+
+    pub fn is_fresh(self) -> bool {
+        matches!(self, Self::Fresh { .. })
+    }
+
+    /// Within the grace's revalidate window: answered at once while one refresh runs.
+    pub fn serves_at_once(self) -> bool {
+        matches!(
+            self,
+            Self::Stale {
+                while_revalidate: true,
+                ..
+            }
+        )
     }
 }
 
@@ -39,36 +71,48 @@ pub fn age_ms(stored_at_ms: u64, initial_age: u64, now_ms: u64) -> u64 {
 }
 
 /// Freshness of an entry stored at `stored_at_ms` (already `initial_age` old then) with a
-/// lifetime of `ttl_ms` and `flags`, seen at `now_ms`.
+/// lifetime of `ttl_ms` and `flags`, kept `grace_ms` past it (served at once, while
+/// refreshing, during the first `swr_ms` of that), seen at `now_ms`.
 pub fn freshness(
     stored_at_ms: u64,
     initial_age: u64,
     ttl_ms: u64,
     flags: u16,
+    grace: (u64, u64),
     now_ms: u64,
 ) -> Freshness {
+    let (grace_ms, swr_ms) = grace;
     let age_ms = age_ms(stored_at_ms, initial_age, now_ms);
     if age_ms < ttl_ms {
-        Freshness::Fresh {
+        return Freshness::Fresh {
             age_secs: age_ms / 1000,
             ttl_left_secs: (ttl_ms - age_ms) / 1000,
+        };
+    }
+    if flags & (flags::MUST_REVALIDATE | flags::NO_CACHE) != 0 {
+        return Freshness::MustRevalidate;
+    }
+    let past = age_ms - ttl_ms;
+    if past < grace_ms {
+        Freshness::Stale {
+            age_secs: age_ms / 1000,
+            grace_left_secs: (grace_ms - past) / 1000,
+            while_revalidate: past < swr_ms,
         }
-    } else if flags & (flags::MUST_REVALIDATE | flags::NO_CACHE) != 0 {
-        Freshness::MustRevalidate
     } else {
-        Freshness::Stale
+        Freshness::Expired
     }
 }
 
 /// How long past `stored_at_ms - initial_age` an entry is kept in the tiers: its lifetime,
-/// and [`KEEP_MS`] more when it can be revalidated.
-pub fn retention_ms(ttl_ms: u64, flags: u16) -> u64 {
+/// then its grace or, when it can be revalidated and that is longer, [`KEEP_MS`].
+pub fn retention_ms(ttl_ms: u64, flags: u16, grace_ms: u64) -> u64 {
     let keep = if validate::has_validator(flags) {
         KEEP_MS
     } else {
         0
     };
-    ttl_ms.saturating_add(keep)
+    ttl_ms.saturating_add(keep.max(grace_ms))
 }
 
 /// Whether a request with directives `rd` may be answered by an entry of age `age_ms`,
@@ -117,29 +161,34 @@ mod tests {
         h
     }
 
+    const NONE: (u64, u64) = (0, 0);
+
     #[test]
     fn freshness_over_time() {
         assert_eq!(
-            freshness(1_000, 0, 60_000, 0, 1_000),
+            freshness(1_000, 0, 60_000, 0, NONE, 1_000),
             Freshness::Fresh {
                 age_secs: 0,
                 ttl_left_secs: 60
             }
         );
         assert_eq!(
-            freshness(1_000, 5, 60_000, 0, 11_000),
+            freshness(1_000, 5, 60_000, 0, NONE, 11_000),
             Freshness::Fresh {
                 age_secs: 15,
                 ttl_left_secs: 45
             }
         );
-        assert_eq!(freshness(1_000, 0, 60_000, 0, 61_000), Freshness::Stale);
         assert_eq!(
-            freshness(1_000, 0, 60_000, flags::MUST_REVALIDATE, 61_000),
+            freshness(1_000, 0, 60_000, 0, NONE, 61_000),
+            Freshness::Expired
+        );
+        assert_eq!(
+            freshness(1_000, 0, 60_000, flags::MUST_REVALIDATE, NONE, 61_000),
             Freshness::MustRevalidate
         );
         assert_eq!(
-            freshness(1_000, 0, 0, flags::NO_CACHE, 1_000),
+            freshness(1_000, 0, 0, flags::NO_CACHE, NONE, 1_000),
             Freshness::MustRevalidate
         );
         // An Age too large to represent makes an entry stale under any lifetime.
@@ -149,13 +198,39 @@ mod tests {
                 cache_control::DELTA_MAX,
                 cache_control::DELTA_MAX * 1000,
                 0,
+                NONE,
                 1_000
             ),
-            Freshness::Stale
+            Freshness::Expired
         );
+        // Within grace: stale; within the revalidate window, served at once.
+        let grace = (30_000, 10_000);
+        assert_eq!(
+            freshness(1_000, 0, 60_000, 0, grace, 65_000),
+            Freshness::Stale {
+                age_secs: 64,
+                grace_left_secs: 26,
+                while_revalidate: true
+            }
+        );
+        assert_eq!(
+            freshness(1_000, 0, 60_000, 0, grace, 75_000).as_str(),
+            "stale_if_error"
+        );
+        assert_eq!(
+            freshness(1_000, 0, 60_000, 0, grace, 91_000),
+            Freshness::Expired
+        );
+        // Never stale, whatever grace it claims, once it must be revalidated.
+        for strict in [flags::MUST_REVALIDATE, flags::NO_CACHE] {
+            assert_eq!(
+                freshness(1_000, 0, 60_000, strict, grace, 65_000),
+                Freshness::MustRevalidate
+            );
+        }
         // A clock that steps back never makes an entry younger than its initial age.
         assert_eq!(
-            freshness(10_000, 2, 60_000, 0, 5_000),
+            freshness(10_000, 2, 60_000, 0, NONE, 5_000),
             Freshness::Fresh {
                 age_secs: 2,
                 ttl_left_secs: 58
@@ -187,11 +262,15 @@ mod tests {
 
     #[test]
     fn retention_keeps_what_can_be_revalidated() {
-        assert_eq!(retention_ms(5_000, flags::ETAG_DERIVED), 5_000);
-        assert_eq!(retention_ms(5_000, 0), 5_000 + KEEP_MS);
+        assert_eq!(retention_ms(5_000, flags::ETAG_DERIVED, 0), 5_000);
+        assert_eq!(retention_ms(5_000, 0, 0), 5_000 + KEEP_MS);
         assert_eq!(
-            retention_ms(0, flags::ETAG_DERIVED | flags::LAST_MODIFIED),
+            retention_ms(0, flags::ETAG_DERIVED | flags::LAST_MODIFIED, 0),
             KEEP_MS
         );
+        // Grace: kept for it, or for the revalidation keep if that is longer.
+        assert_eq!(retention_ms(5_000, flags::ETAG_DERIVED, 30_000), 35_000);
+        assert_eq!(retention_ms(5_000, 0, 30_000), 5_000 + KEEP_MS);
+        assert_eq!(retention_ms(5_000, 0, KEEP_MS + 1), 5_000 + KEEP_MS + 1);
     }
 }

@@ -20,7 +20,9 @@ use http::{header, HeaderMap, HeaderName};
 
 use crate::config::{RouteConfig, Scope};
 
-pub use cache_control::{CacheControl, RequestDirectives};
+pub use cache_control::{
+    effective_cache_control, CacheControl, RequestDirectives, CDN_CACHE_CONTROL, SURROGATE_CONTROL,
+};
 pub use freshness::{age_ms, freshness, retention_ms, satisfies, Freshness, KEEP_MS};
 pub use validate::{body_etag, not_modified};
 
@@ -39,6 +41,10 @@ pub mod flags {
     pub const VARY_MARKER: u16 = 1 << 4;
     /// A variant chosen by the response's `Vary`: a waiter of its fill cannot take it blindly.
     pub const VARIANT: u16 = 1 << 5;
+    /// Marked stale by a soft purge: served within its grace while one refresh runs.
+    pub const SOFT_PURGED: u16 = 1 << 6;
+    /// Every bit defined; a stored entry with another is not read (`codec`).
+    pub const ALL: u16 = (1 << 7) - 1;
 }
 
 /// Why a response was not stored. The strings feed `Cache-Status` `detail`, logs and metric
@@ -111,6 +117,10 @@ pub struct Storable {
     pub ttl_ms: u64,
     pub flags: u16,
     pub vary: Vec<HeaderName>,
+    /// How long past `ttl_ms` it may be served stale, and the revalidate part of that
+    /// (`cache::stale::grace_of`; 0 for entries that must be revalidated).
+    pub grace_ms: u64,
+    pub swr_ms: u64,
 }
 
 /// Decides whether a response to `request` on `route` may be stored, and its freshness
@@ -130,7 +140,8 @@ pub fn storability(
     if headers.contains_key(header::SET_COOKIE) {
         return Err(NoStoreReason::SetCookie);
     }
-    let cc = CacheControl::parse(headers);
+    // RFC 9213: a field targeted at this cache replaces `Cache-Control` for it.
+    let cc = effective_cache_control(route.targeted_cache_control.as_ref(), headers);
     if cc.no_store {
         return Err(NoStoreReason::NoStore);
     }
@@ -181,10 +192,13 @@ pub fn storability(
             NoStoreReason::ZeroTtl
         });
     }
+    let (grace_ms, swr_ms) = super::stale::grace_of(route, &cc);
     Ok(Storable {
         ttl_ms,
         flags,
         vary,
+        grace_ms,
+        swr_ms,
     })
 }
 

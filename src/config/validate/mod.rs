@@ -243,7 +243,8 @@ pub(super) fn validate(
     let l2 = s.l2.map(|l2| l2::validate(l2, env, e));
     let warmup = warmup::validate(s.warmup, e);
     let routes = route::validate_all(s.routes, e);
-    let warnings = route::warnings(&routes);
+    let mut warnings = route::warnings(&routes);
+    warnings.extend(route::grace_warnings(&routes, l1.max_age));
     let has_l2 = l2.is_some();
     let prefix = l2.as_ref().map_or("sidecache", |l| l.prefix.as_str());
     let pubsub = pubsub::validate(s.pubsub, prefix, env, e);
@@ -257,7 +258,6 @@ pub(super) fn validate(
                 .into(),
         );
     }
-    let mut warnings = warnings;
     for r in &routes {
         if !has_l2 && r.tiers.l2 && !r.tiers.l1 {
             e.push(format!(

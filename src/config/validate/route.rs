@@ -46,6 +46,21 @@ pub(super) fn warnings(routes: &[RouteConfig]) -> Vec<String> {
     w
 }
 
+/// Grace longer than L1 keeps anything: the rest of it is served from L2 only (or, without
+/// L2, not at all).
+pub(super) fn grace_warnings(routes: &[RouteConfig], l1_max_age: Duration) -> Vec<String> {
+    routes
+        .iter()
+        .filter(|r| r.grace > l1_max_age)
+        .map(|r| {
+            format!(
+                "route `{}`: grace {:?} is longer than l1.max_age {:?}: L1 keeps no entry longer, the rest of the grace is served from L2 only",
+                r.name, r.grace, l1_max_age
+            )
+        })
+        .collect()
+}
+
 fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<RouteConfig> {
     let name = match r.name {
         Some(n)
@@ -211,6 +226,29 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
             }
         }
     }
+    let grace = check(
+        e,
+        &format!("{at}.grace"),
+        units::parse_duration(r.grace.as_deref().unwrap_or("0s")),
+        Duration::ZERO,
+    );
+    let max_grace = check(
+        e,
+        &format!("{at}.max_grace"),
+        units::parse_duration(r.max_grace.as_deref().unwrap_or("5m")),
+        Duration::ZERO,
+    );
+    let optional_name = |e: &mut Vec<String>, key: &str, text: Option<String>, default: &str| {
+        let text = text.unwrap_or_else(|| default.to_string());
+        (!text.is_empty()).then(|| header_name(e, &format!("{at}.{key}"), &text))
+    };
+    let targeted_cache_control = optional_name(
+        e,
+        "targeted_cache_control",
+        r.targeted_cache_control,
+        "sidecache-cache-control",
+    );
+    let surrogate_key = optional_name(e, "surrogate_key", r.surrogate_key, "surrogate-key");
 
     let matcher = matcher?;
     Some(RouteConfig {
@@ -231,6 +269,13 @@ fn validate_route(i: usize, r: file::RouteFile, e: &mut Vec<String>) -> Option<R
         heuristic,
         heuristic_max,
         max_variants,
+        grace,
+        max_grace,
+        grace_while_revalidate: r.grace_while_revalidate.unwrap_or(true),
+        targeted_cache_control,
+        strip_targeted: r.strip_targeted.unwrap_or(false),
+        surrogate_key,
+        strip_surrogate_key: r.strip_surrogate_key.unwrap_or(true),
     })
 }
 
