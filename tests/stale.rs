@@ -629,3 +629,74 @@ async fn a_stale_entry_found_in_redis_is_answered_at_once_and_refreshed_once() {
     }
     assert_eq!(backend.gets(), 2, "one fill, one refresh");
 }
+
+/// A 304 keeps the origin's tags, and an entry with tags of its own stays out of Redis after
+/// a revalidation as after a fill: a purge by a `Surrogate-Key` tag must reach every copy
+/// (the refreshed copy once carried the route's tags only and went to L2, where no purge by
+/// the origin's tag could find it).
+#[tokio::test]
+async fn a_revalidated_entry_keeps_its_origin_tags_and_stays_out_of_l2() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|req| {
+        if req.headers.get("if-none-match").map(|v| v.as_bytes()) == Some(b"\"v1\"") {
+            return Reply::json("").status(304).header("etag", "\"v1\"");
+        }
+        Reply::json("v1")
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=1")
+            .header("surrogate-key", "product-42")
+    })
+    .await;
+    let extra = format!(
+        "{}{}{}",
+        l2_standalone(&redis.url()),
+        admin_token("revalidated-tags"),
+        route("1s", "0s")
+    );
+    let a = Sidecache::start(&origin, &extra).await;
+    let b = Sidecache::start(&origin, &extra).await;
+    assert!(a.get(PATH).await.header("cache-status").contains("stored"));
+    let revalidated = eventually(Duration::from_secs(5), async || {
+        a.get(PATH)
+            .await
+            .header("cache-status")
+            .contains("fwd-status=304")
+    })
+    .await;
+    assert!(revalidated, "the entry was never revalidated");
+    assert_eq!(purge(&a, r#"{"tags":["product-42"]}"#).await.status, 200);
+    for pod in [&a, &b] {
+        let r = pod.get(PATH).await;
+        assert!(
+            !r.header("cache-status").starts_with("sidecache; hit"),
+            "purged by its origin tag, yet served: {r:?}"
+        );
+    }
+}
+
+/// A route kept out of Redis (`tiers = ["l1"]`) stays out of it when a stale entry is
+/// refreshed in the background (the refresh once took the Redis lease and stored there).
+#[tokio::test]
+async fn a_background_refresh_of_an_l1_only_route_never_writes_redis() {
+    let redis = RedisServer::start();
+    let backend = Backend::new("");
+    let origin = backend.origin().await;
+    let extra = format!(
+        "{}{}",
+        l2_standalone(&redis.url()),
+        route("1s", "30s").replacen("grace = \"30s\"", "grace = \"30s\"\ntiers = [\"l1\"]", 1)
+    );
+    let sc = Sidecache::start(&origin, &extra).await;
+    assert_eq!(sc.get(PATH).await.text(), "v1");
+    wait_state(&sc, PATH, "stale_while_revalidate").await;
+    backend.set(PATH, "v2");
+    let r = sc.get(PATH).await;
+    assert!(r.header("cache-status").contains("fwd=stale"), "{r:?}");
+    let refreshed = eventually(Duration::from_secs(5), async || {
+        sc.get(PATH).await.text() == "v2"
+    })
+    .await;
+    assert!(refreshed);
+    let keys = redis.cli(&["--scan", "--pattern", "sidecache:*}:[el]"]);
+    assert!(keys.trim().is_empty(), "entries or leases in Redis: {keys}");
+}

@@ -538,6 +538,9 @@ impl L2 {
         // this put registers) for at least the longest TTL; NX sets a TTL on a set that lost
         // it, GT only ever extends it.
         let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+        // The sets' TTL starts a round trip before the entries' (step 2 comes after): the
+        // lease's length on top keeps every set alive past the entries it must reach.
+        let set_ttl = max_ttl.saturating_add(self.lease.as_millis() as u64);
         let mut tag_cmds = Vec::with_capacity(3 * k.tag_sets.len() + 1);
         for ts in &k.tag_sets {
             let mut sadd = Cmd::new();
@@ -545,7 +548,7 @@ impl L2 {
             tag_cmds.push((ts.clone(), sadd));
             for flag in ["NX", "GT"] {
                 let mut exp = Cmd::new();
-                exp.arg("PEXPIRE").arg(ts).arg(max_ttl).arg(flag);
+                exp.arg("PEXPIRE").arg(ts).arg(set_ttl).arg(flag);
                 tag_cmds.push((ts.clone(), exp));
             }
         }

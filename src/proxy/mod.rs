@@ -564,7 +564,7 @@ impl Proxy {
                         if let Some(answer) =
                             self.promote(&target, entry, req.headers(), ticket, l1)
                         {
-                            guard.complete(FillState::Done(answer.1));
+                            guard.complete(answer.1);
                             return (answer.0, CacheOutcome::HitL2);
                         }
                     }
@@ -822,7 +822,7 @@ impl Proxy {
         headers: &HeaderMap,
         ticket: FillTicket,
         into_l1: bool,
-    ) -> Option<(Response<Body>, Entry)> {
+    ) -> Option<(Response<Body>, FillState)> {
         let now = clock::now_ms();
         let (age_secs, ttl_left_secs, served) = match entry.freshness(now) {
             Freshness::Fresh {
@@ -832,14 +832,24 @@ impl Proxy {
             // Stale, but the request's max-stale accepted it (see `usable`).
             _ => (entry.age_ms(now) / 1000, 0, Served::MaxStale),
         };
-        if into_l1 {
-            if let Some(marker) = &target.marker {
-                self.l1.insert_fill(target.primary, marker.clone(), ticket);
-            }
-            self.l1.insert_fill(target.key, entry.clone(), ticket);
-        }
+        let kept = if into_l1 {
+            target
+                .marker
+                .as_ref()
+                .is_none_or(|m| self.l1.insert_fill(target.primary, m.clone(), ticket))
+                && self.l1.insert_fill(target.key, entry.clone(), ticket)
+        } else {
+            !self.l1.superseded(&target.key, &entry, ticket)
+        };
         let resp = respond::from_entry(&entry, headers, false, age_secs, ttl_left_secs, served);
-        Some((resp, entry))
+        // An invalidation overtook the read: this request began before it and may have the
+        // answer, but a waiter may have come after the write, so each looks for itself.
+        let state = if kept {
+            FillState::Done(entry)
+        } else {
+            FillState::Pass
+        };
+        Some((resp, state))
     }
 
     /// The leader's fill: forward (conditionally, when it holds an entry to revalidate),

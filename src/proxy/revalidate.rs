@@ -94,6 +94,19 @@ impl Proxy {
             return (rescue::rescue(&error), CacheOutcome::Error);
         }
         let now = clock::now_ms();
+        // The refreshed entry keeps every tag the stored one had (the origin's
+        // `Surrogate-Key` tags too: a purge by them must still reach it), and the 304 may add
+        // its own. Tags the fill's lease did not register keep it out of L2, as on a fill.
+        let route_tags = tags.len();
+        let mut tags = tags;
+        for t in stale.tags() {
+            if !tags.iter().any(|x| x == t) {
+                tags.push(t.to_string());
+            }
+        }
+        let inherited = tags.len() > route_tags;
+        let (tags, added) = super::stale::with_origin_tags(&route.config, &parts.headers, tags);
+        let l1_only = inherited || added;
         let (entry, storable) = refreshed(
             route,
             &target,
@@ -110,7 +123,9 @@ impl Proxy {
         match stored {
             Ok(write) => {
                 guard.complete(FillState::Done(entry.clone()));
-                self.store_l2(lease, write, now).await;
+                if !l1_only {
+                    self.store_l2(lease, write, now).await;
+                }
                 let left = entry.ttl_left_ms(now) / 1000;
                 let resp = respond::from_entry(
                     &entry,
@@ -259,6 +274,8 @@ fn refreshed(
         swr_ms,
     };
     merged.remove(header::AGE);
+    // What the app must not see stays out of the stored copy, as on a fill.
+    super::stale::strip_fields(&route.config, &mut merged);
     let entry = Entry::new(meta, &merged, stale.body_bytes(), &tags, &path);
     (entry, storable)
 }

@@ -36,7 +36,7 @@ use super::respond::{self, Served};
 use super::{render_tags, Answer, Fill, Proxy, Target};
 use crate::cache::coalesce::FillGuard;
 use crate::cache::policy::{self, vary::Marker, Freshness};
-use crate::cache::{clock, stale, CacheKey, CacheOutcome, Entry, FillState, Join, L2Read, Lease};
+use crate::cache::{clock, stale, CacheKey, CacheOutcome, Entry, Join, L2Read, Lease};
 use crate::config::RouteConfig;
 use crate::route::Route;
 
@@ -219,12 +219,15 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         let tags = render_tags(&route, &req);
-        let lease = match self.refresh_lease(&mut target, &tags, req.headers()).await {
+        let lease = match self
+            .refresh_lease(&route, &mut target, &tags, req.headers())
+            .await
+        {
             RefreshLease::Fresh(entry) => {
                 let promoted =
                     self.promote(&target, entry, req.headers(), ticket, route.config.tiers.l1);
                 match promoted {
-                    Some((_, entry)) => guard.complete(FillState::Done(entry)),
+                    Some((_, state)) => guard.complete(state),
                     None => drop(guard),
                 }
                 return;
@@ -265,11 +268,13 @@ impl Proxy {
     /// just put a newer usable entry (the variant the request selects, for a Vary resource).
     async fn refresh_lease(
         &self,
+        route: &Route,
         target: &mut Target,
         tags: &[String],
         headers: &HeaderMap,
     ) -> RefreshLease {
-        let Some(l2) = &self.l2 else {
+        // A route kept out of Redis (`tiers = ["l1"]`) refreshes without it.
+        let Some(l2) = self.l2.as_ref().filter(|_| route.config.tiers.l2) else {
             return RefreshLease::Go(None);
         };
         let Some(l2key) = l2.key(target.primary, tags).await else {
