@@ -550,8 +550,17 @@ tags = [\"group:{{group}}\"]
         })
         .sum();
     assert_eq!(left, total - 100);
-    let hits = origin.hits();
     let c = Sidecache::start(&origin, &extra).await;
+    // A new pod's Cluster connection comes up in the background: probe with entries that are
+    // in L2 (group G9's) until one is read from there.
+    let mut k = 0;
+    let connected = eventually(Duration::from_secs(10), async || {
+        k += 1;
+        tier(&c.get(&format!("/api/groups/G9/S{k}")).await) == "l2"
+    })
+    .await;
+    assert!(connected, "the new pod never read from the cluster");
+    let hits = origin.hits();
     assert_eq!(tier(&c.get("/api/groups/G7/S42").await), "upstream");
     assert_eq!(tier(&c.get("/api/groups/G8/S42").await), "l2");
     assert_eq!(origin.hits(), hits + 1);
