@@ -32,7 +32,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::cache::L1;
+use crate::cache::{CacheKey, L1};
 use crate::config::UpstreamConfig;
 use crate::invalidate::Invalidator;
 use crate::metrics::Metrics;
@@ -247,6 +247,54 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim_start_matches(' '))
+}
+
+/// The answer that refuses an admin request (boxed: a response is large to return by value).
+type Refusal = Box<Response<Body>>;
+
+impl Admin {
+    /// What every mutating endpoint does first: the token check, then the body (at most
+    /// [`MAX_ADMIN_BODY`]) read as the JSON of a `what` request. `Err` is the refusal to send.
+    async fn authorized_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request<Incoming>,
+        what: &str,
+    ) -> Result<T, Refusal> {
+        use http_body_util::{BodyExt, Limited};
+        if let Some(denied) = self.refused(req.headers()) {
+            return Err(Box::new(denied));
+        }
+        let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Err(Box::new(bad_request("body unreadable or over 64KiB"))),
+        };
+        serde_json::from_slice(&body)
+            .map_err(|e| Box::new(bad_request(&format!("body is not a {what} request: {e}"))))
+    }
+
+    /// The cache keys of `urls` (as purge and refresh name entries), or a 422 listing every
+    /// URL that names none.
+    fn keys_of(&self, urls: &[String]) -> Result<Vec<(CacheKey, Vec<String>)>, Refusal> {
+        let mut keys = Vec::with_capacity(urls.len());
+        let mut errors = Vec::new();
+        for url in urls {
+            match self.invalidator.key_of(url) {
+                Ok(k) => keys.push(k),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(keys)
+        } else {
+            Err(Box::new(json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "bad_keys", "problems": errors}),
+            )))
+        }
+    }
 }
 
 fn bad_request(message: &str) -> Response<Body> {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::{bad_request, json_response, Admin, MAX_ADMIN_BODY};
+use super::{bad_request, json_response, Admin};
 use crate::cache::{clock, Entry};
 use crate::client::{Client, ClientConfig};
 use crate::config::UpstreamConfig;
@@ -90,19 +90,9 @@ struct Checked {
 
 impl Admin {
     pub(super) async fn verify(&self, req: Request<Incoming>) -> Response<Body> {
-        if let Some(denied) = self.refused(req.headers()) {
-            return denied;
-        }
-        let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return bad_request("body unreadable or over 64KiB"),
-        };
-        let ask: VerifyRequest = match serde_json::from_slice(&body) {
+        let ask: VerifyRequest = match self.authorized_json(req, "verify").await {
             Ok(v) => v,
-            Err(e) => return bad_request(&format!("body is not a verify request: {e}")),
+            Err(refused) => return *refused,
         };
         let given = [ask.tag.is_some(), ask.route.is_some(), ask.sample.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
